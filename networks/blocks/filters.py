@@ -70,7 +70,8 @@ class FixedDepthwiseFilter(nn.Module):
         if learnable:
             self.weight = nn.Parameter(weight)
         else:
-            self.register_buffer("weight", weight)
+            # not persistent: the kernel is rebuilt from the constructor arguments, so checkpoints need not carry it
+            self.register_buffer("weight", weight, persistent=False)
         # F.pad takes pairs from the last axis backwards
         self._pad = tuple(p for s in reversed(kernel.shape) for p in (s // 2, s // 2))
 

@@ -1,0 +1,574 @@
+"""ESRGAN generator (RRDBNet) and VGG-style discriminator for 2D and 3D super-resolution.
+
+Two configurations are provided as presets:
+
+- :func:`esrgan`: the published ESRGAN generator (Wang et al., ECCVW 2018; xinntao/ESRGAN and BasicSR): 23 RRDBs,
+  ``nf=64``, ``gc=32``, nearest + conv up-sampling, LeakyReLU 0.2, 16,697,987 parameters for RGB ``x4``.
+- :func:`se_esrgan`: the SE-ESRGAN generator of the USenhance 2023 repository Smruti0603/Uneshance_2023 (PyTorch-GAN
+  ESRGAN variant): 24 RRDBs with growth 64, pixel-shuffle up-sampling, LeakyReLU 0.01 and a bias-free squeeze-excite
+  block after the last up-sampling stage, 40,209,987 parameters for RGB ``x4``.
+
+In 3D the up-sampling factor may differ per axis, e.g. ``scale=(1, 1, 4)`` up-samples only the slice axis of a
+``(B, C, H, W, D)`` volume. The discriminator exposes the feature map after each stride-2 stage for feature-matching
+content losses, which need no pretrained weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from monai.networks.blocks import Convolution, SubpixelUpsample, UpSample
+from monai.networks.layers.factories import Act, Conv, Pool
+from monai.utils import ensure_tuple_rep
+
+__all__ = [
+    "ResidualDenseBlock",
+    "RRDB",
+    "SqueezeExcitation",
+    "NearestConvUpsample",
+    "PixelShuffleUpsample",
+    "pixel_shuffle_per_axis",
+    "RRDBNet",
+    "DiscriminatorStage",
+    "VGGStyleDiscriminator",
+    "esrgan",
+    "se_esrgan",
+    "se_esrgan_uneshance",
+]
+
+UPSAMPLE_MODES = ("nearest_conv", "pixelshuffle")
+DISCRIMINATOR_HEADS = ("fc", "patch", "gap")
+
+
+def _conv3(spatial_dims: int, in_chns: int, out_chns: int, bias: bool = True) -> nn.Module:
+    """A 3x3(x3) convolution with stride 1 and "same" padding."""
+    return Conv[Conv.CONV, spatial_dims](in_chns, out_chns, kernel_size=3, stride=1, padding=1, bias=bias)
+
+
+def _lrelu(negative_slope: float) -> nn.Module:
+    return Act[Act.LEAKYRELU](negative_slope=negative_slope, inplace=True)
+
+
+def _scale_factors(scale: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    """Validate ``scale`` and return one integer factor per spatial axis (each a power of two, at least 1)."""
+    if isinstance(scale, Sequence) and len(scale) != spatial_dims:
+        raise ValueError(f"scale must be an int or a sequence of {spatial_dims} ints, got {scale!r}.")
+    factors = ensure_tuple_rep(scale, spatial_dims)
+    for f in factors:
+        if int(f) != f or f < 1 or int(f) & (int(f) - 1):
+            raise ValueError(f"every scale factor must be a power of two (1, 2, 4, 8, ...), got scale={scale!r}.")
+    return tuple(int(f) for f in factors)
+
+
+def _x2_stages(factors: Sequence[int]) -> list[tuple[int, ...]]:
+    """Split per-axis factors into x2 stages.
+
+    ``(1, 1, 4) -> [(1, 1, 2), (1, 1, 2)]``; ``(2, 2, 4) -> [(2, 2, 2), (1, 1, 2)]``; ``(1, 1) -> []``.
+    """
+    n_stages = int(math.log2(max(factors)))
+    return [tuple(2 if f > 2**k else 1 for f in factors) for k in range(n_stages)]
+
+
+def pixel_shuffle_per_axis(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
+    """Pixel shuffle with one factor per spatial axis.
+
+    Rearranges ``(B, C * prod(factors), S_1, ..., S_n)`` into ``(B, C, S_1 * f_1, ..., S_n * f_n)`` with the same
+    channel ordering as ``torch.nn.PixelShuffle`` and :py:func:`monai.networks.utils.pixelshuffle`, to which it reduces
+    when all factors are equal.
+    """
+    dims = len(factors)
+    if x.ndim != dims + 2:
+        raise ValueError(f"expected a {dims + 2}D tensor (B, C, *spatial) for factors {tuple(factors)}, got {x.ndim}D.")
+    batch, channels, *spatial = x.shape
+    divisor = math.prod(factors)
+    if channels % divisor:
+        raise ValueError(f"channels ({channels}) must be divisible by prod(factors) = {divisor}.")
+    x = x.reshape(batch, channels // divisor, *factors, *spatial)
+    perm = [0, 1]
+    for i in range(dims):
+        perm += [2 + dims + i, 2 + i]  # (spatial_i, factor_i) pairs
+    return x.permute(perm).reshape(batch, channels // divisor, *(s * f for s, f in zip(spatial, factors)))
+
+
+class ResidualDenseBlock(nn.Module):
+    """Residual dense block (RDB) of ESRGAN: five densely connected 3x3 convs, output ``x + 0.2 * conv5``."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        nf: int = 64,
+        gc: int = 32,
+        lrelu_slope: float = 0.2,
+        residual_scale: float = 0.2,
+        init_scale: float = 0.1,
+    ) -> None:
+        """
+        Args:
+            spatial_dims: number of spatial dimensions.
+            nf: number of input and output channels.
+            gc: growth channels: the output width of convs 1-4 (conv ``i`` sees ``nf + (i - 1) * gc`` channels).
+            lrelu_slope: negative slope of the LeakyReLU after convs 1-4 (conv 5 has no activation).
+            residual_scale: the factor applied to conv 5 before the residual addition.
+            init_scale: Kaiming-normal weights are multiplied by this factor ("smaller initialisation"); biases are 0.
+        """
+        super().__init__()
+        self.residual_scale = residual_scale
+        self.conv1 = _conv3(spatial_dims, nf, gc)
+        self.conv2 = _conv3(spatial_dims, nf + gc, gc)
+        self.conv3 = _conv3(spatial_dims, nf + 2 * gc, gc)
+        self.conv4 = _conv3(spatial_dims, nf + 3 * gc, gc)
+        self.conv5 = _conv3(spatial_dims, nf + 4 * gc, nf)
+        self.lrelu = _lrelu(lrelu_slope)
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
+            nn.init.kaiming_normal_(conv.weight)
+            with torch.no_grad():
+                conv.weight.mul_(init_scale)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x + self.residual_scale * x5
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: three RDBs in sequence, output ``x + 0.2 * rdb3(rdb2(rdb1(x)))``."""
+
+    def __init__(
+        self, spatial_dims: int, nf: int = 64, gc: int = 32, lrelu_slope: float = 0.2, residual_scale: float = 0.2
+    ) -> None:
+        """
+        Args:
+            spatial_dims: number of spatial dimensions.
+            nf: number of input and output channels.
+            gc: growth channels of the dense blocks.
+            lrelu_slope: negative slope of the LeakyReLUs inside the dense blocks.
+            residual_scale: residual scaling of the RRDB and of each of its RDBs.
+        """
+        super().__init__()
+        self.residual_scale = residual_scale
+        self.rdb1 = ResidualDenseBlock(spatial_dims, nf, gc, lrelu_slope, residual_scale)
+        self.rdb2 = ResidualDenseBlock(spatial_dims, nf, gc, lrelu_slope, residual_scale)
+        self.rdb3 = ResidualDenseBlock(spatial_dims, nf, gc, lrelu_slope, residual_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.residual_scale * self.rdb3(self.rdb2(self.rdb1(x)))
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel squeeze-and-excitation (Hu et al., CVPR 2018) with optional biases, for any number of spatial dims.
+
+    The Uneshance generator uses bias-free FC layers (``64 -> 8 -> 64``: 1,024 parameters);
+    :py:class:`monai.networks.blocks.ChannelSELayer` always has biases (1,096 parameters), hence this block.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, ratio: int = 8, bias: bool = False) -> None:
+        """
+        Args:
+            spatial_dims: number of spatial dimensions.
+            channels: number of channels C of the input.
+            ratio: reduction ratio: the hidden FC layer has ``C // ratio`` units.
+            bias: whether the two FC layers have biases.
+        """
+        super().__init__()
+        hidden = channels // ratio
+        if hidden < 1:
+            raise ValueError(f"se_ratio must be at most the channel count, got ratio={ratio} for {channels} channels.")
+        self.avg_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden, bias=bias),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels, bias=bias),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        w = self.fc(self.avg_pool(x).view(b, c)).view(b, c, *([1] * (x.ndim - 2)))
+        return x * w
+
+
+class NearestConvUpsample(nn.Sequential):
+    """One ESRGAN up-sampling stage: nearest interpolation by per-axis factors, 3x3 conv, LeakyReLU."""
+
+    def __init__(self, spatial_dims: int, channels: int, factors: Sequence[int], lrelu_slope: float = 0.2) -> None:
+        """
+        Args:
+            spatial_dims: number of spatial dimensions.
+            channels: number of input and output channels.
+            factors: up-sampling factor per spatial axis, e.g. ``(2, 2)`` or ``(1, 1, 2)``.
+            lrelu_slope: negative slope of the LeakyReLU.
+        """
+        super().__init__()
+        self.add_module(
+            "upsample",
+            UpSample(
+                spatial_dims,
+                channels,
+                channels,
+                scale_factor=tuple(factors),
+                mode="nontrainable",
+                pre_conv=None,
+                interp_mode="nearest",
+                align_corners=None,
+            ),
+        )
+        self.add_module("conv", _conv3(spatial_dims, channels, channels))
+        self.add_module("act", _lrelu(lrelu_slope))
+
+
+class PixelShuffleUpsample(nn.Sequential):
+    """One sub-pixel up-sampling stage: 3x3 conv to ``C * prod(factors)`` channels, pixel shuffle, LeakyReLU.
+
+    Isotropic factors use :py:class:`monai.networks.blocks.SubpixelUpsample` (no pad-pool, ICNR init); per-axis
+    factors such as ``(1, 1, 2)`` use a conv with the same ICNR initialisation and :func:`pixel_shuffle_per_axis`.
+    The LeakyReLU after the shuffle equals the Uneshance order conv -> LeakyReLU -> shuffle (it is element-wise).
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, factors: Sequence[int], lrelu_slope: float = 0.2) -> None:
+        """
+        Args:
+            spatial_dims: number of spatial dimensions.
+            channels: number of input and output channels.
+            factors: up-sampling factor per spatial axis, e.g. ``(2, 2)`` or ``(1, 1, 2)``.
+            lrelu_slope: negative slope of the LeakyReLU.
+        """
+        super().__init__()
+        factors = tuple(factors)
+        if len(set(factors)) == 1:
+            self.add_module(
+                "subpixel",
+                SubpixelUpsample(spatial_dims, channels, channels, scale_factor=factors[0], apply_pad_pool=False),
+            )
+        else:
+            self.add_module("subpixel", _AnisotropicSubpixel(spatial_dims, channels, factors))
+        self.add_module("act", _lrelu(lrelu_slope))
+
+
+class _AnisotropicSubpixel(nn.Module):
+    """Conv to ``C * prod(factors)`` channels (ICNR-initialised) followed by :func:`pixel_shuffle_per_axis`."""
+
+    def __init__(self, spatial_dims: int, channels: int, factors: tuple[int, ...]) -> None:
+        super().__init__()
+        self.factors = factors
+        self.conv_block = _conv3(spatial_dims, channels, channels * math.prod(factors))
+        # ICNR (Aitken et al. 2017): all sub-pixel positions of an output channel start from the same kernel
+        sub = torch.empty(channels, *self.conv_block.weight.shape[1:], device=self.conv_block.weight.device)
+        nn.init.kaiming_normal_(sub)
+        with torch.no_grad():
+            self.conv_block.weight.copy_(sub.repeat_interleave(math.prod(factors), dim=0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pixel_shuffle_per_axis(self.conv_block(x), self.factors)
+
+
+class RRDBNet(nn.Module):
+    """ESRGAN generator: RRDB trunk with a long skip, up-sampling stages, optional squeeze-excite, HR convs.
+
+    ``conv_first -> [nb x RRDB -> conv_body] + skip -> up-sampling (x2 stages) -> [SE] -> conv_hr -> LReLU ->
+    conv_last``. No batch normalisation anywhere and no output activation. Works in 2D and 3D; in 3D the scale may
+    differ per axis (e.g. ``(1, 1, 4)`` for slice-axis super-resolution).
+
+    Input ``(B, in_channels, S_1, ..., S_n)``; output ``(B, out_channels, S_1 * f_1, ..., S_n * f_n)`` for per-axis
+    factors ``f``.
+
+    References:
+        Wang et al., "ESRGAN: Enhanced Super-Resolution Generative Adversarial Networks", ECCV Workshops 2018,
+        https://arxiv.org/abs/1809.00219 (code: xinntao/ESRGAN, XPixelGroup/BasicSR).
+        Smruti0603/Uneshance_2023 (USenhance 2023): the squeeze-excite variant, see :func:`se_esrgan`.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: number of input channels.
+        out_channels: number of output channels.
+        nf: trunk width (channels of every RRDB).
+        gc: growth channels of the dense blocks.
+        nb: number of RRDBs in the trunk.
+        scale: up-sampling factor, an int or one int per spatial axis; every factor must be a power of two.
+            Each x2 step is one up-sampling stage; ``scale=1`` gives a same-size enhancement network.
+        upsample: ``"nearest_conv"`` (ESRGAN: nearest x2 -> conv -> LReLU) or ``"pixelshuffle"``
+            (conv to ``nf * 2**n`` channels -> pixel shuffle -> LReLU).
+        se_after_upsample: insert a squeeze-excite block after the last up-sampling stage (SE-ESRGAN).
+        se_ratio: reduction ratio of the squeeze-excite block.
+        se_bias: whether the squeeze-excite FC layers have biases (Uneshance: no).
+        lrelu_slope: negative slope of every LeakyReLU (ESRGAN 0.2; Uneshance 0.01, PyTorch's default).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        nf: int = 64,
+        gc: int = 32,
+        nb: int = 23,
+        scale: int | Sequence[int] = 4,
+        upsample: str = "nearest_conv",
+        se_after_upsample: bool = False,
+        se_ratio: int = 8,
+        se_bias: bool = False,
+        lrelu_slope: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}.")
+        self.spatial_dims = spatial_dims
+        self.scale = _scale_factors(scale, spatial_dims)
+
+        self.conv_first = _conv3(spatial_dims, in_channels, nf)
+        self.body = nn.Sequential(*[RRDB(spatial_dims, nf, gc, lrelu_slope) for _ in range(nb)])
+        self.conv_body = _conv3(spatial_dims, nf, nf)
+        stage = NearestConvUpsample if upsample == "nearest_conv" else PixelShuffleUpsample
+        self.upsample = nn.Sequential(
+            *[stage(spatial_dims, nf, factors, lrelu_slope) for factors in _x2_stages(self.scale)]
+        )
+        self.se: nn.Module = (
+            SqueezeExcitation(spatial_dims, nf, se_ratio, bias=se_bias) if se_after_upsample else nn.Identity()
+        )
+        self.conv_hr = _conv3(spatial_dims, nf, nf)
+        self.lrelu = _lrelu(lrelu_slope)
+        self.conv_last = _conv3(spatial_dims, nf, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        feat = self.se(self.upsample(feat))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+def esrgan(
+    spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 3, scale: int | Sequence[int] = 4, **kwargs
+) -> RRDBNet:
+    """The published ESRGAN generator: nb 23, nf 64, gc 32, nearest + conv up-sampling, LeakyReLU 0.2, no SE.
+
+    16,697,987 parameters for 2D RGB; 50,066,819 for 3D RGB (50,059,905 with one channel in and out).
+    ``kwargs`` override any other :class:`RRDBNet` argument, e.g. the lighter 3D configuration
+    ``esrgan(spatial_dims=3, in_channels=1, out_channels=1, scale=(1, 1, 4), nb=8, nf=32, gc=16)`` (4,427,873).
+    """
+    config = {"nf": 64, "gc": 32, "nb": 23, "upsample": "nearest_conv", "se_after_upsample": False, "lrelu_slope": 0.2}
+    config.update(kwargs)
+    return RRDBNet(spatial_dims, in_channels, out_channels, scale=scale, **config)
+
+
+def se_esrgan(
+    spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 3, scale: int | Sequence[int] = 4, **kwargs
+) -> RRDBNet:
+    """SE-ESRGAN as released in Smruti0603/Uneshance_2023: nb 24, nf 64, growth 64, pixel shuffle, SE (ratio 8,
+    no biases) after the last up-sampling stage, LeakyReLU 0.01 everywhere.
+
+    40,209,987 parameters for 2D RGB ``x4``, exactly the count of the reference generator (38,550,147 with ``nb=23``).
+    Differences from the reference that do not change the count: the dense-block convs get ESRGAN's Kaiming x 0.1
+    initialisation (PyTorch-GAN keeps PyTorch's default) and the pixel-shuffle convs get ICNR initialisation.
+    """
+    config = {
+        "nf": 64,
+        "gc": 64,
+        "nb": 24,
+        "upsample": "pixelshuffle",
+        "se_after_upsample": True,
+        "se_ratio": 8,
+        "se_bias": False,
+        "lrelu_slope": 0.01,
+    }
+    config.update(kwargs)
+    return RRDBNet(spatial_dims, in_channels, out_channels, scale=scale, **config)
+
+
+se_esrgan_uneshance = se_esrgan
+
+
+class DiscriminatorStage(nn.Sequential):
+    """One VGG-style discriminator stage: 3x3 conv (stride 1) then a stride-2 conv, each followed by norm and act."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_chns: int,
+        out_chns: int,
+        act: str | tuple,
+        norm: str | tuple,
+        bias: bool,
+        down_kernel_size: int = 4,
+        first: bool = False,
+    ) -> None:
+        """
+        Args:
+            spatial_dims: number of spatial dimensions.
+            in_chns: number of input channels.
+            out_chns: number of output channels.
+            act: activation type and arguments.
+            norm: feature normalization type and arguments.
+            bias: whether the normalised convolutions have a bias term.
+            down_kernel_size: kernel size of the stride-2 conv (ESRGAN VGG-128: 4; Uneshance PatchGAN: 3).
+            first: the first stage's 3x3 conv has a bias and no normalisation (as in ESRGAN and Uneshance).
+        """
+        super().__init__()
+        self.add_module(
+            "conv_0",
+            Convolution(
+                spatial_dims,
+                in_chns,
+                out_chns,
+                kernel_size=3,
+                strides=1,
+                padding=1,
+                act=act,
+                norm=None if first else norm,
+                bias=True if first else bias,
+            ),
+        )
+        self.add_module(
+            "conv_1",
+            Convolution(
+                spatial_dims,
+                out_chns,
+                out_chns,
+                kernel_size=down_kernel_size,
+                strides=2,
+                padding=1,
+                act=act,
+                norm=norm,
+                bias=bias,
+            ),
+        )
+
+
+class VGGStyleDiscriminator(nn.Module):
+    """VGG-style discriminator of ESRGAN (VGG-128), for 2D and 3D, with a fully connected or a patch head.
+
+    Stages of [3x3 conv -> norm -> LReLU -> stride-2 conv -> norm -> LReLU] at widths
+    ``base_features * channel_mults`` (64, 128, 256, 512, 512 by default), then a head:
+
+    - ``"fc"``: flatten -> Linear(-> ``fc_hidden``) -> LReLU -> Linear(-> 1). Locked to ``in_shape``.
+      Output ``(B, 1)``. With 3 channels and ``in_shape=128`` this is ESRGAN's VGG-128 (14,499,401 parameters).
+    - ``"patch"``: 3x3 conv -> 1 channel, a PatchGAN logit map ``(B, 1, *reduced_spatial)`` for any input size
+      (at least ``2 ** n_stages`` per axis). With ``channel_mults=(1, 2, 4, 8)``, ``down_kernel_size=3`` and
+      ``bias=True`` this is the Uneshance discriminator (4,693,697 parameters for 3 channels).
+    - ``"gap"``: global average pooling -> Linear -> LReLU -> Linear, one logit ``(B, 1)`` for any input size.
+
+    ``forward(x, return_features=True)`` returns ``(logits, features)`` where ``features`` lists the output of each
+    stride-2 stage (for feature-matching losses).
+
+    Reference:
+        Wang et al., "ESRGAN: Enhanced Super-Resolution Generative Adversarial Networks", ECCV Workshops 2018,
+        https://arxiv.org/abs/1809.00219.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: number of input channels.
+        in_shape: spatial input size (int or one per axis); required by ``head="fc"``, ignored otherwise.
+        base_features: width of the first stage.
+        channel_mults: width multiplier of each stage; its length is the number of stride-2 stages.
+        head: ``"fc"``, ``"patch"`` or ``"gap"``.
+        fc_hidden: hidden units of the ``"fc"`` and ``"gap"`` heads.
+        down_kernel_size: kernel size of the stride-2 convs (padding 1).
+        act: activation type and arguments.
+        norm: feature normalization type and arguments (not applied to the first conv).
+        bias: whether the normalised convolutions have a bias term.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        in_shape: int | Sequence[int] | None = None,
+        base_features: int = 64,
+        channel_mults: Sequence[int] = (1, 2, 4, 8, 8),
+        head: str = "fc",
+        fc_hidden: int = 100,
+        down_kernel_size: int = 4,
+        act: str | tuple = ("leakyrelu", {"negative_slope": 0.2, "inplace": True}),
+        norm: str | tuple = "batch",
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if head not in DISCRIMINATOR_HEADS:
+            raise ValueError(f"head must be one of {DISCRIMINATOR_HEADS}, got {head!r}.")
+        if not channel_mults:
+            raise ValueError("channel_mults must name at least one stage.")
+        self.spatial_dims = spatial_dims
+        self.head_type = head
+        self.down_kernel_size = down_kernel_size
+        widths = [base_features * m for m in channel_mults]
+
+        stages = []
+        for i, width in enumerate(widths):
+            chns = in_channels if i == 0 else widths[i - 1]
+            stages.append(DiscriminatorStage(spatial_dims, chns, width, act, norm, bias, down_kernel_size, i == 0))
+        self.stages = nn.ModuleList(stages)
+
+        self.in_shape: tuple[int, ...] | None = None
+        if head == "fc":
+            if in_shape is None:
+                raise ValueError(
+                    "head='fc' needs a fixed in_shape (e.g. in_shape=128); "
+                    "use head='patch' or 'gap' for inputs of any size."
+                )
+            self.in_shape = tuple(int(s) for s in ensure_tuple_rep(in_shape, spatial_dims))
+            out_shape = self.output_spatial_shape(self.in_shape)
+            self.head: nn.Module = nn.Sequential(
+                nn.Flatten(1),
+                nn.Linear(widths[-1] * math.prod(out_shape), fc_hidden),
+                Act[Act.LEAKYRELU](negative_slope=0.2, inplace=True),
+                nn.Linear(fc_hidden, 1),
+            )
+        elif head == "gap":
+            self.head = nn.Sequential(
+                Pool[Pool.ADAPTIVEAVG, spatial_dims](1),
+                nn.Flatten(1),
+                nn.Linear(widths[-1], fc_hidden),
+                Act[Act.LEAKYRELU](negative_slope=0.2, inplace=True),
+                nn.Linear(fc_hidden, 1),
+            )
+        else:
+            self.head = _conv3(spatial_dims, widths[-1], 1)
+
+    def output_spatial_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """Spatial size after the stride-2 stages for an input of ``spatial_shape``; raises if any axis is too small."""
+        shape = tuple(int(s) for s in spatial_shape)
+        out = shape
+        for _ in self.stages:
+            out = tuple((s + 2 - self.down_kernel_size) // 2 + 1 for s in out)
+        if min(out) < 1:
+            raise ValueError(
+                f"input spatial shape {shape} is too small for {len(self.stages)} stride-2 stages "
+                f"(need at least {2 ** len(self.stages)} per axis)."
+            )
+        return out
+
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """
+        Args:
+            x: input of shape ``(B, in_channels, *spatial)``.
+            return_features: also return the feature map after each stride-2 stage.
+
+        Returns:
+            the logits (``(B, 1)`` for the fc/gap heads, ``(B, 1, *reduced_spatial)`` for the patch head), or
+            ``(logits, features)`` when ``return_features`` is true.
+        """
+        spatial = tuple(x.shape[2:])
+        if self.in_shape is not None and spatial != self.in_shape:
+            raise ValueError(
+                f"VGGStyleDiscriminator(head='fc') was built for in_shape={self.in_shape} but got an input of "
+                f"spatial shape {spatial}; crop or resize the input, or use head='patch' or 'gap' for any size."
+            )
+        self.output_spatial_shape(spatial)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        logits = self.head(x)
+        return (logits, features) if return_features else logits
