@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from monai.networks.blocks import Convolution, SubpixelUpsample, UpSample
 from monai.networks.layers.factories import Act, Conv, Pool
+from monai.networks.layers.utils import get_act_layer
 from monai.utils import ensure_tuple_rep
 
 __all__ = [
@@ -520,7 +521,7 @@ class VGGStyleDiscriminator(nn.Module):
             self.head: nn.Module = nn.Sequential(
                 nn.Flatten(1),
                 nn.Linear(widths[-1] * math.prod(out_shape), fc_hidden),
-                Act[Act.LEAKYRELU](negative_slope=0.2, inplace=True),
+                get_act_layer(act),
                 nn.Linear(fc_hidden, 1),
             )
         elif head == "gap":
@@ -528,7 +529,7 @@ class VGGStyleDiscriminator(nn.Module):
                 Pool[Pool.ADAPTIVEAVG, spatial_dims](1),
                 nn.Flatten(1),
                 nn.Linear(widths[-1], fc_hidden),
-                Act[Act.LEAKYRELU](negative_slope=0.2, inplace=True),
+                get_act_layer(act),
                 nn.Linear(fc_hidden, 1),
             )
         else:

@@ -3,8 +3,8 @@
 A port of the authors' PyTorch code (repository ``Esgjgd/HEMF``, files ``main_model.py``, ``ELF_block.py``,
 ``EGF_block.py``, ``HEF_block.py``, ``MHEA.py``). It reproduces the code rather than the figure: the SIRMLP's 3x3
 convolution is dense, the two LayerNorms of an EGF block are shared by its inner layers, every fusion block carries the
-layers of both of its input paths, and the model-level initialisation skips the fusion blocks. With the default arguments
-``HEMF(spatial_dims=2, in_channels=3, num_classes=7)`` has 68,269,367 parameters, as the reference.
+layers of both of its input paths, and the model-level initialisation skips the fusion blocks. With the default
+arguments ``HEMF(spatial_dims=2, in_channels=3, num_classes=7)`` has 68,269,367 parameters, as the reference.
 
 In 3D the row/column retention becomes three axial passes (W, then H, then D) with a 1D Manhattan decay mask per axis;
 external attention runs over the flattened ``D*H*W`` tokens and the spatial attention uses a ``7x7x7`` kernel.
@@ -99,8 +99,9 @@ class RetentionRelPos(nn.Module):
     """Relative-position terms of vision retention: RoPE-like angles and per-axis Manhattan decay masks.
 
     The rotation angle of position ``n`` (the flattened ``H*W`` or ``D*H*W`` index) and channel pair ``j`` is
-    ``n / 10000**linspace(0, 1, d/2)[j]``; the decay logit of head ``h`` between positions ``i`` and ``j`` of one axis is
-    ``|i - j| * log(1 - 2**-(initial_value + heads_range * h / num_heads))``. Angles and decays are non-persistent buffers.
+    ``n / 10000**linspace(0, 1, d/2)[j]``; the decay logit of head ``h`` between positions ``i`` and ``j`` of one axis
+    is ``|i - j| * log(1 - 2**-(initial_value + heads_range * h / num_heads))``. Angles and decays are non-persistent
+    buffers.
 
     Args:
         dim: embedding channels C.
@@ -113,7 +114,8 @@ class RetentionRelPos(nn.Module):
         super().__init__()
         head_dim = dim // num_heads
         angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 2))
-        decay = torch.log(1 - 2 ** (-initial_value - heads_range * torch.arange(num_heads, dtype=torch.float) / num_heads))
+        exponent = initial_value + heads_range * torch.arange(num_heads, dtype=torch.float) / num_heads
+        decay = torch.log(1 - 2**-exponent)
         self.register_buffer("angle", angle.repeat_interleave(2), persistent=False)
         self.register_buffer("decay", decay, persistent=False)
 
@@ -133,10 +135,10 @@ class RetentionRelPos(nn.Module):
 class AxialRetention(nn.Module):
     """Decomposed (axial) vision retention on channels-last tokens ``(B, *spatial, C)``; same shape out.
 
-    q, k, v are ``Linear(C, C)``; k is scaled by ``d**-0.5``; q and k are rotated (RoPE-like). Attention is a softmax along
-    one axis at a time, first W (within each row), then H, then D in 3D, each with its 1D decay mask added to the logits
-    and each pass using the output of the previous one as values. LePE (a depthwise convolution of v) is added before the
-    output projection. Cost per head is ``O(N * (D + H + W))``.
+    q, k, v are ``Linear(C, C)``; k is scaled by ``d**-0.5``; q and k are rotated (RoPE-like). Attention is a softmax
+    along one axis at a time, first W (within each row), then H, then D in 3D, each with its 1D decay mask added to the
+    logits and each pass using the output of the previous one as values. LePE (a depthwise convolution of v) is added
+    before the output projection. Cost per head is ``O(N * (D + H + W))``.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -249,8 +251,8 @@ def _conv_norm(
 class SIRMLP(nn.Module):
     """Squeezed inverted-residual MLP: ``(B, C_in, *spatial) -> (B, C_out, *spatial)``.
 
-    ``r = Norm(Conv1(x))`` (C_in -> C), ``y = Norm(act(Conv3(r)) + r)``, then ``Norm(Conv1(act(Conv1(y))))`` through a 4C
-    hidden width. The 3x3 convolution is dense as in the code, or depthwise as in the paper's figure.
+    ``r = Norm(Conv1(x))`` (C_in -> C), ``y = Norm(act(Conv3(r)) + r)``, then ``Norm(Conv1(act(Conv1(y))))`` through a
+    4C hidden width. The 3x3 convolution is dense as in the code, or depthwise as in the paper's figure.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -291,8 +293,8 @@ class HEFBlock(nn.Module):
 
     ``L, G: (B, C, *spatial)``, ``F: (B, C_prev, *2spatial)`` or ``None``; returns ``(B, C, *spatial)``.
 
-    1. ``X = act(Conv1+Norm(LN(concat[F', W_l(L), W_g(G)])))`` with ``F' = AvgPool2(ReLU(Norm(Conv1(F))))`` as the shortcut,
-       or ``X = act(Conv1+Norm(LN(concat[W_l(L), W_g(G)])))`` and no shortcut for the first stage.
+    1. ``X = act(Conv1+Norm(LN(concat[F', W_l(L), W_g(G)])))`` with ``F' = AvgPool2(ReLU(Norm(Conv1(F))))`` as the
+       shortcut, or ``X = act(Conv1+Norm(LN(concat[W_l(L), W_g(G)])))`` and no shortcut for the first stage.
     2. L and G each pass ``x = LN(x); x = x * MHEA(x); x = LN(x); x = x * SA(x); x = x * CA(x)`` with their own modules
        (the same LN twice).
     3. ``shortcut + DropPath(SIRMLP(LN(concat[G', L', X])))``.
@@ -463,11 +465,11 @@ class HEMF(nn.Module):
         conv_type = Conv[Conv.CONV, spatial_dims]
 
         def downsamplings() -> nn.ModuleList:
-            layers = [nn.Sequential(conv_type(in_channels, widths[0], kernel_size=4, stride=4), ChannelsFirstLayerNorm(widths[0]))]
+            stem = conv_type(in_channels, widths[0], kernel_size=4, stride=4)
+            layers = [nn.Sequential(stem, ChannelsFirstLayerNorm(widths[0]))]
             for i in range(num_stages - 1):
-                layers.append(
-                    nn.Sequential(ChannelsFirstLayerNorm(widths[i]), conv_type(widths[i], widths[i + 1], kernel_size=2, stride=2))
-                )
+                down = conv_type(widths[i], widths[i + 1], kernel_size=2, stride=2)
+                layers.append(nn.Sequential(ChannelsFirstLayerNorm(widths[i]), down))
             return nn.ModuleList(layers)
 
         # local branch
@@ -487,7 +489,8 @@ class HEMF(nn.Module):
         # head
         self.norm = nn.LayerNorm(widths[-1], eps=1e-6)
         self.head = nn.Linear(widths[-1], num_classes)
-        for module in (self.local_downsamples, self.local_stages, self.global_downsamples, self.global_stages, self.head):
+        branches = (self.local_downsamples, self.local_stages, self.global_downsamples, self.global_stages, self.head)
+        for module in branches:
             module.apply(self._init_weights)
         # fusion path (built after the model-level init, so it keeps its own defaults)
         self.fusions = nn.ModuleList(

@@ -102,7 +102,8 @@ class FeatureMatchingLoss(nn.Module):
     def forward(self, fake_features: Sequence[torch.Tensor], real_features: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(fake_features) != len(real_features) or not fake_features:
             raise ValueError(
-                f"expected two non-empty feature lists of equal length, got {len(fake_features)} and {len(real_features)}."
+                "expected two non-empty feature lists of equal length, "
+                f"got {len(fake_features)} and {len(real_features)}."
             )
         weights = self.layer_weights or (1.0 / len(fake_features),) * len(fake_features)
         if len(weights) != len(fake_features):
@@ -133,7 +134,9 @@ class SobelEdgeLoss(nn.Module):
     def gradients(self, x: torch.Tensor) -> torch.Tensor:
         """Sobel gradients of ``x`` ``(B, C, *spatial)``, stacked as ``(B, C * spatial_dims, *spatial)``."""
         if x.ndim != self.spatial_dims + 2:
-            raise ValueError(f"expected a (B, C, *spatial) tensor with {self.spatial_dims} spatial dims, got {x.shape}.")
+            raise ValueError(
+                f"expected a (B, C, *spatial) tensor with {self.spatial_dims} spatial dims, got {tuple(x.shape)}."
+            )
         grads = []
         for axis in range(self.spatial_dims):
             kernels = [self.kernel_smooth.to(x.dtype)] * self.spatial_dims

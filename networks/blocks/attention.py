@@ -66,8 +66,8 @@ class SpatialAttention(nn.Module):
 class MultiHeadExternalAttention(nn.Module):
     """Multi-head external attention over the flattened spatial tokens of ``(B, C, *spatial)``; same shape out.
 
-    The channels are split into ``heads`` groups of ``C // heads``. A memory key ``Linear(C/heads -> memory_size)`` and a
-    memory value ``Linear(memory_size -> C/heads)``, both without bias, are shared by all heads. The attention map is
+    The channels are split into ``heads`` groups of ``C // heads``. A memory key ``Linear(C/heads -> memory_size)`` and
+    a memory value ``Linear(memory_size -> C/heads)``, both without bias, are shared by all heads. The attention map is
     normalised twice: softmax over the token axis, then L1 over the memory axis. Tokens are the ``H*W`` (or ``D*H*W``)
     positions, so no square input is required. The memory layers are initialised ``N(0, 0.001)``.
 

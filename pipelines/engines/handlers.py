@@ -1,0 +1,146 @@
+"""Handlers that MONAI lacks: image slices in TensorBoard, the learning rate, and a JSON summary of a run.
+
+MONAI's ``TensorBoardImageHandler`` writes a 3D volume as an animated GIF of its last axis and cannot put the CT,
+the label and the prediction side by side; ``TensorBoardStatsHandler`` does not log the learning rate.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from pipelines.io import write_json_atomic
+
+__all__ = ["TensorBoardSlices", "LearningRateLogger", "TrainingSummary", "overlay_panels"]
+
+
+def _first_item(output: Any) -> dict | None:
+    if isinstance(output, list) and output:
+        output = output[0]
+    return output if isinstance(output, dict) else None
+
+
+def _as_labels(x: torch.Tensor) -> np.ndarray:
+    """(C, *spatial) one-hot/probabilities or (1, *spatial) labels -> integer label map (*spatial)."""
+    x = torch.as_tensor(x).detach().float().cpu()
+    return (x.argmax(0) if x.shape[0] > 1 else (x[0] > 0.5 if x.max() <= 1 else x[0])).numpy().astype(np.int64)
+
+
+def overlay_panels(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray | None) -> np.ndarray:
+    """Three RGB panels side by side: the image, the image with the label (red), with the prediction (green)."""
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    gray = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
+    panels = [np.stack([gray] * 3)]
+    for mask, channel in ((label, 0), (pred, 1)):
+        rgb = np.stack([gray] * 3) * 0.7
+        if mask is not None:
+            rgb[channel][mask > 0] = 1.0
+        panels.append(rgb)
+    return np.concatenate(panels, axis=2)  # (3, H, 3W)
+
+
+class TensorBoardSlices:
+    """Log one slice of the first validation case per epoch as CT | label | prediction panels.
+
+    For 3D data the axial slice (last axis) with the largest label area is shown, or the middle slice when the label
+    is empty; 2D data is shown as is. Attach to an evaluator; the step is the evaluator's epoch (the trainer's epoch
+    when run by ``ValidationHandler``).
+
+    Args:
+        summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.
+        tag: TensorBoard tag.
+        image_key, label_key, pred_key: keys of the decollated engine output.
+        channel: image channel to show.
+    """
+
+    def __init__(self, summary_writer, tag: str = "val/slices", image_key: str = "image", label_key: str = "label",
+                 pred_key: str = "pred", channel: int = 0) -> None:
+        self.writer = summary_writer
+        self.tag = tag
+        self.keys = (image_key, label_key, pred_key)
+        self.channel = channel
+        self._panel: np.ndarray | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._capture)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._panel = None
+
+    def _capture(self, engine: Engine) -> None:
+        if self._panel is not None:
+            return
+        item = _first_item(engine.state.output)
+        if item is None or self.keys[0] not in item:
+            return
+        image = torch.as_tensor(item[self.keys[0]]).detach().float().cpu()[self.channel].numpy()
+        label = _as_labels(item[self.keys[1]]) if self.keys[1] in item else None
+        pred = _as_labels(item[self.keys[2]]) if self.keys[2] in item else None
+        if image.ndim == 3:
+            area = label.reshape(-1, label.shape[-1]).sum(0) if label is not None else np.zeros(image.shape[-1])
+            z = int(area.argmax()) if area.max() > 0 else image.shape[-1] // 2
+            image, label, pred = (a[..., z] if a is not None else None for a in (image, label, pred))
+        # RAS arrays are (x, y): transpose and flip so that anterior is up, as radiologists view axial slices
+        image, label, pred = (np.flipud(a.T).copy() if a is not None else None for a in (image, label, pred))
+        self._panel = overlay_panels(image, label, pred)
+
+    def _write(self, engine: Engine) -> None:
+        if self._panel is not None:
+            self.writer.add_image(self.tag, self._panel, engine.state.epoch, dataformats="CHW")
+            self.writer.flush()
+
+
+class LearningRateLogger:
+    """Write the learning rate of each optimiser parameter group to TensorBoard at every epoch end."""
+
+    def __init__(self, summary_writer, optimizer: torch.optim.Optimizer, tag: str = "train/lr") -> None:
+        self.writer = summary_writer
+        self.optimizer = optimizer
+        self.tag = tag
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for i, group in enumerate(self.optimizer.param_groups):
+            tag = self.tag if i == 0 else f"{self.tag}_{i}"
+            self.writer.add_scalar(tag, group["lr"], engine.state.epoch)
+
+
+class TrainingSummary:
+    """At the end of training, write the evaluator's best metric and its epoch (and timing) to a JSON file.
+
+    Attach to the trainer. ``path`` is written atomically; ``extra`` adds fixed fields (the bundle name, say).
+    """
+
+    def __init__(self, evaluator: Engine, path: str, extra: dict | None = None) -> None:
+        self.evaluator = evaluator
+        self.path = Path(path)
+        self.extra = dict(extra or {})
+        self._start = time.time()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: setattr(self, "_start", time.time()))
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        state = self.evaluator.state
+        metrics = {k: float(v) for k, v in (getattr(state, "metrics", None) or {}).items()
+                   if isinstance(v, (int, float, np.floating))}
+        write_json_atomic(self.path, {
+            **self.extra,
+            "key_metric_name": getattr(state, "key_metric_name", None),
+            "best_metric": float(getattr(state, "best_metric", float("nan"))),
+            "best_metric_epoch": int(getattr(state, "best_metric_epoch", -1)),
+            "last_metrics": metrics,
+            "epochs": int(engine.state.epoch),
+            "iterations": int(engine.state.iteration),
+            "seconds": round(time.time() - self._start, 1),
+        })

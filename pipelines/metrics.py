@@ -1,0 +1,737 @@
+"""Segmentation metrics: MONAI's where they exist, hand-written where MONAI has none, and a per-case report.
+
+The teaching repository (``shared/design/networks.md`` section 5, "Metrics listed") reports IoU, Dice/F1, pixel
+accuracy, mean pixel accuracy, mIoU, boundary F1, precision and recall; this project adds HD95 and surface Dice
+(normalised surface distance), both in millimetres. Where each one comes from:
+
+======================  ===================================================  ================================
+metric                  computed by                                          cumulative metric (evaluators)
+======================  ===================================================  ================================
+dice                    ``monai.metrics.compute_dice``                       ``monai.metrics.DiceMetric``
+iou                     ``monai.metrics.compute_iou``                        ``monai.metrics.MeanIoU``
+precision, recall       MONAI's ``get_confusion_matrix`` and its formulas    ``ConfusionMatrixMetric``
+hd95                    ``compute_hausdorff_distance(percentile=95)``        :class:`HD95Metric` (MONAI's)
+surface_dice            ``monai.metrics.compute_surface_dice``               :class:`NSDMetric` (MONAI's)
+pixel_accuracy          hand-written: :func:`compute_pixel_accuracy`         :class:`PixelAccuracyMetric`
+mean_pixel_accuracy     hand-written on MONAI's confusion matrix             :class:`MeanPixelAccuracyMetric`
+mean_iou                mean over classes of MONAI's IoU                     ``monai.metrics.MeanIoU``
+boundary_f1             hand-written: :func:`compute_boundary_f1`            :class:`BoundaryF1Metric`
+======================  ===================================================  ================================
+
+Inputs follow MONAI: binarised one-hot tensors, ``(B, C, *spatial)`` for the ``compute_*`` batch functions and the
+cumulative metrics, ``(C, *spatial)`` for one case in :func:`compute_case_metrics` and :func:`segmentation_report`;
+2D and 3D. Channel 0 is background; the report and :func:`compute_case_metrics` compute every channel.
+
+Spacing (millimetres per voxel along each spatial axis, in the array's axis order) may be a number (isotropic), a
+sequence with one value per spatial axis, or, for a batch, a sequence with one such entry per case. ``None`` means
+1 mm. The spacing-aware cumulative metrics take it, in this order, from the call's ``spacing=`` keyword, from their
+constructor's ``spacing``, or from the label's ``MetaTensor.pixdim`` (geometry travels with the image), else 1 mm;
+this matters because ``IgniteMetricHandler`` calls ``metric_fn(y_pred, y)`` without keywords.
+
+Empty-mask policy (the same for every function here):
+
+* A class absent from **both** prediction and label is 0/0 for every agreement score: ``dice``, ``iou``,
+  ``precision``, ``recall``, ``boundary_f1`` and ``surface_dice`` are ``empty_value``, NaN by default (the nnU-Net
+  convention: undefined, left out of means, counted as ``nan_count`` in the report summary). Pass
+  ``empty_value=1.0`` for MONAI's ``ignore_empty=False`` convention (perfect agreement about absence).
+* A class present on one side only scores 0 for ``dice``, ``iou``, ``boundary_f1`` and ``surface_dice``;
+  ``precision`` is NaN when the prediction is empty (0/0) and ``recall`` is NaN when the label is empty (0/0),
+  as in MONAI's confusion-matrix metrics.
+* ``hd95`` is NaN whenever either side is empty (MONAI 1.6's behaviour), whatever ``empty_value`` is.
+* ``mean_pixel_accuracy`` averages per-class recall over the classes present in the label; ``mean_iou`` averages IoU
+  over the classes present in the label or the prediction (a class predicted but absent scores 0 and counts). Both
+  are computed before ``empty_value`` is applied, so classes absent from both never enter these means.
+  ``pixel_accuracy`` is always defined.
+
+Differences from MONAI's cumulative metrics to keep in mind: ``DiceMetric``/``MeanIoU`` with their default
+``ignore_empty=True`` give NaN whenever the label is empty (even for a false-positive prediction, which scores 0 here);
+with ``ignore_empty=False`` they give 1.0 when both are empty (``empty_value=1.0`` here).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.metrics import (
+    CumulativeIterationMetric,
+    HausdorffDistanceMetric,
+    SurfaceDiceMetric,
+    compute_dice,
+    compute_hausdorff_distance,
+    compute_iou,
+    compute_surface_dice,
+)
+from monai.metrics.confusion_matrix import compute_confusion_matrix_metric, get_confusion_matrix
+from monai.metrics.utils import do_metric_reduction
+from monai.utils import MetricReduction
+from scipy import ndimage
+
+__all__ = [
+    "PER_CLASS_METRICS",
+    "CASE_METRICS",
+    "ALL_METRICS",
+    "compute_pixel_accuracy",
+    "compute_mean_pixel_accuracy",
+    "compute_boundary_f1",
+    "compute_case_metrics",
+    "segmentation_report",
+    "PixelAccuracyMetric",
+    "MeanPixelAccuracyMetric",
+    "BoundaryF1Metric",
+    "HD95Metric",
+    "NSDMetric",
+]
+
+SpacingLike = Union[float, Sequence[float], Sequence[Sequence[float]], np.ndarray, torch.Tensor, None]
+
+#: Metrics with one value per class (one CSV row per case and class).
+PER_CLASS_METRICS: tuple[str, ...] = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "boundary_f1",
+    "hd95",
+    "surface_dice",
+)
+#: Metrics with one value per case (the CSV row whose class is ``"all"``).
+CASE_METRICS: tuple[str, ...] = ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou")
+ALL_METRICS: tuple[str, ...] = PER_CLASS_METRICS + CASE_METRICS
+
+#: The pseudo-class name of the per-case rows in the CSV and the summary JSON.
+CASE_ROW = "all"
+
+_MONAI_EMPTY_WARNING = r"the (ground truth|prediction) of class"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# input checks and spacing
+
+
+def _as_onehot_pair(y_pred: Any, y: Any, *, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check that ``y_pred`` and ``y`` are binarised one-hot tensors of one shape; return them as tensors."""
+    y_pred = y_pred.as_tensor() if isinstance(y_pred, MetaTensor) else torch.as_tensor(y_pred)
+    y = y.as_tensor() if isinstance(y, MetaTensor) else torch.as_tensor(y)
+    lead = "(B, C, *spatial)" if batched else "(C, *spatial)"
+    ndims = (4, 5) if batched else (3, 4)
+    if y_pred.shape != y.shape:
+        raise ValueError(f"prediction and label must have the same shape {lead}, got {tuple(y_pred.shape)} and "
+                         f"{tuple(y.shape)}.")
+    if y_pred.ndim not in ndims:
+        raise ValueError(f"expected one-hot tensors shaped {lead} with 2 or 3 spatial axes, got {tuple(y_pred.shape)}.")
+    for name, t in (("prediction", y_pred), ("label", y)):
+        if t.dtype != torch.bool and not bool(((t == 0) | (t == 1)).all()):
+            raise ValueError(f"the {name} must be binarised one-hot (values 0 and 1 only); apply argmax/threshold "
+                             "and one-hot encoding first.")
+    return y_pred, y
+
+
+def _spacing_entry(s: Any, spatial_dims: int, where: str) -> tuple[float, ...]:
+    if isinstance(s, torch.Tensor):
+        s = s.detach().cpu().numpy()
+    arr = np.asarray(s, dtype=np.float64).reshape(-1)
+    if arr.size == 1:
+        arr = np.repeat(arr, spatial_dims)
+    if arr.size != spatial_dims:
+        raise ValueError(f"spacing {where} has {arr.size} values, expected 1 or {spatial_dims} (one per spatial axis).")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"spacing {where} must be finite and positive, got {tuple(arr.tolist())}.")
+    return tuple(float(v) for v in arr)
+
+
+def _spacing_per_case(spacing: SpacingLike, batch_size: int, spatial_dims: int) -> list[tuple[float, ...]]:
+    """Normalise any accepted spacing form to one tuple of ``spatial_dims`` floats per case (``None`` -> 1 mm)."""
+    if spacing is None:
+        return [(1.0,) * spatial_dims] * batch_size
+    if isinstance(spacing, torch.Tensor):
+        spacing = spacing.detach().cpu().numpy()
+    per_case = isinstance(spacing, (list, tuple)) and len(spacing) > 0 and all(
+        isinstance(s, (Sequence, np.ndarray, torch.Tensor)) for s in spacing
+    )
+    if isinstance(spacing, np.ndarray) and spacing.ndim == 2:
+        per_case = True
+    if per_case:
+        if len(spacing) != batch_size:  # type: ignore[arg-type]
+            n = len(spacing)  # type: ignore[arg-type]
+            raise ValueError(f"a per-case spacing list needs one entry per case: got {n} for a batch of {batch_size}.")
+        return [_spacing_entry(s, spatial_dims, f"of case {i}") for i, s in enumerate(spacing)]  # type: ignore
+    one = _spacing_entry(spacing, spatial_dims, "")
+    return [one] * batch_size
+
+
+def _meta_spacing(x: Any, batch_size: int, spatial_dims: int) -> list[tuple[float, ...]] | None:
+    """Spacing from a ``MetaTensor``'s affine (``pixdim``), or ``None`` when ``x`` carries none."""
+    if not isinstance(x, MetaTensor):
+        return None
+    pixdim = x.pixdim
+    entries = list(pixdim) if isinstance(pixdim, (list, tuple)) else [pixdim] * batch_size
+    if len(entries) != batch_size:
+        return None
+    out = []
+    for p in entries:
+        p = np.asarray(p.detach().cpu() if isinstance(p, torch.Tensor) else p, dtype=np.float64).reshape(-1)
+        if p.size < spatial_dims:
+            return None
+        out.append(_spacing_entry(p[:spatial_dims], spatial_dims, "from MetaTensor.pixdim"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# hand-written metrics (MONAI has no pixel accuracy, mean pixel accuracy or boundary F1)
+
+
+def compute_pixel_accuracy(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction of voxels whose predicted one-hot vector equals the label's (all channels agree).
+
+    Hand-written: MONAI's ``ConfusionMatrixMetric("accuracy")`` is a per-channel binary accuracy, not this. For
+    mutually exclusive one-hot channels this is ``sum_c TP_c / N``, the usual pixel accuracy.
+
+    Args:
+        y_pred: binarised one-hot prediction, ``(B, C, *spatial)``.
+        y: binarised one-hot label, same shape.
+
+    Returns:
+        ``(B,)`` float64 tensor, always defined.
+    """
+    y_pred, y = _as_onehot_pair(y_pred, y, batched=True)
+    agree = (y_pred.bool() == y.bool()).all(dim=1)
+    return agree.flatten(1).double().mean(dim=1)
+
+
+def _per_class_recall(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` recall TP / (TP + FN) from MONAI's confusion matrix; NaN where the class is absent from the label."""
+    cm = get_confusion_matrix(y_pred.float(), y.float(), include_background=True)
+    return compute_confusion_matrix_metric("recall", cm)
+
+
+def compute_mean_pixel_accuracy(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean pixel accuracy: per-class recall averaged over the classes present in the label, background included.
+
+    Hand-written on MONAI's confusion matrix (MONAI has no metric by this name). Classes absent from the label
+    (recall 0/0) are left out of the mean; NaN if no class is present.
+
+    Args:
+        y_pred: binarised one-hot prediction, ``(B, C, *spatial)``.
+        y: binarised one-hot label, same shape.
+
+    Returns:
+        ``(B,)`` float tensor.
+    """
+    y_pred, y = _as_onehot_pair(y_pred, y, batched=True)
+    return torch.nanmean(_per_class_recall(y_pred, y), dim=1)
+
+
+def _bbox_slices(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    coords = np.argwhere(mask)
+    lo = np.maximum(coords.min(axis=0) - margin, 0)
+    hi = np.minimum(coords.max(axis=0) + 1 + margin, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Boundary voxels: ``mask XOR erode(mask)`` with face connectivity; the image edge counts as outside."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask ^ ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def _boundary_f1_single(
+    pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...], tolerance_mm: float, empty_value: float
+) -> float:
+    pred_any, label_any = bool(pred.any()), bool(label.any())
+    if not pred_any and not label_any:
+        return float(empty_value)
+    if not pred_any or not label_any:
+        return 0.0
+    # crop to the union plus one voxel: exact, since every boundary voxel (and so every nearest one) lies inside
+    crop = _bbox_slices(pred | label, margin=1)
+    bp, bl = _boundary(pred[crop]), _boundary(label[crop])
+    dist_to_label = ndimage.distance_transform_edt(~bl, sampling=spacing)
+    dist_to_pred = ndimage.distance_transform_edt(~bp, sampling=spacing)
+    precision = float(np.mean(dist_to_label[bp] <= tolerance_mm))
+    recall = float(np.mean(dist_to_pred[bl] <= tolerance_mm))
+    if precision + recall == 0.0:
+        return 0.0
+    return 2.0 * precision * recall / (precision + recall)
+
+
+def compute_boundary_f1(
+    y_pred: torch.Tensor,
+    y: torch.Tensor,
+    spacing: SpacingLike = None,
+    tolerance_mm: float = 2.0,
+    include_background: bool = True,
+    empty_value: float = float("nan"),
+) -> torch.Tensor:
+    """Boundary F1 score (BF score, Csurka et al. 2013) with a tolerance in millimetres.
+
+    Hand-written: MONAI has no boundary F1 (``SurfaceDiceMetric`` pools both directions' matched boundary voxels into
+    one ratio instead of taking the harmonic mean of boundary precision and recall). Boundaries are
+    ``mask XOR erode(mask)`` (face connectivity, the image edge counts as outside, as in MONAI's ``get_mask_edges``).
+    A predicted boundary voxel is matched when a label boundary voxel lies within ``tolerance_mm`` (Euclidean
+    distance transform with ``sampling=spacing``, so anisotropic voxels are measured in mm), and vice versa:
+    precision = matched predicted / predicted boundary voxels, recall = matched label / label boundary voxels,
+    F1 = 2PR / (P + R) (0 when P + R = 0). The design note's "2 pixels" default is 2 mm here (2 voxels at 1 mm).
+
+    Args:
+        y_pred: binarised one-hot prediction, ``(B, C, *spatial)``.
+        y: binarised one-hot label, same shape.
+        spacing: mm per voxel: a number, one value per spatial axis, or one such entry per case; ``None`` = 1 mm.
+        tolerance_mm: matching distance in mm (inclusive).
+        include_background: whether channel 0 is scored.
+        empty_value: score when a class is absent from both (default NaN); one side empty scores 0.
+
+    Returns:
+        ``(B, C)`` float64 tensor (``C - 1`` columns without background).
+    """
+    y_pred, y = _as_onehot_pair(y_pred, y, batched=True)
+    if not include_background:
+        y_pred, y = y_pred[:, 1:], y[:, 1:]
+    if tolerance_mm < 0 or not math.isfinite(tolerance_mm):
+        raise ValueError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm}.")
+    batch, channels = y_pred.shape[:2]
+    spacings = _spacing_per_case(spacing, batch, y_pred.ndim - 2)
+    p_np = y_pred.detach().cpu().numpy().astype(bool)
+    y_np = y.detach().cpu().numpy().astype(bool)
+    out = torch.empty((batch, channels), dtype=torch.float64)
+    for b, c in np.ndindex(batch, channels):
+        out[b, c] = _boundary_f1_single(p_np[b, c], y_np[b, c], spacings[b], tolerance_mm, empty_value)
+    return out.to(y_pred.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# one case, every metric
+
+
+def compute_case_metrics(
+    pred: torch.Tensor,
+    label: torch.Tensor,
+    spacing: SpacingLike = None,
+    *,
+    metrics: Sequence[str] = ALL_METRICS,
+    boundary_tolerance_mm: float = 2.0,
+    surface_tolerance_mm: float = 2.0,
+    empty_value: float = float("nan"),
+) -> dict[str, Any]:
+    """All requested metrics for one case, every channel (background included).
+
+    Args:
+        pred: binarised one-hot prediction of one case, ``(C, *spatial)`` (2D or 3D).
+        label: binarised one-hot label, same shape.
+        spacing: mm per voxel, a number or one value per spatial axis; ``None`` takes ``label.pixdim`` when the label
+            is a ``MetaTensor``, else 1 mm.
+        metrics: names from :data:`ALL_METRICS`.
+        boundary_tolerance_mm: tolerance of ``boundary_f1``.
+        surface_tolerance_mm: tolerance of ``surface_dice`` (every class).
+        empty_value: score of a class absent from both prediction and label (see the module's empty-mask policy).
+
+    Returns:
+        ``{name: value}``: a list of ``C`` floats for the names in :data:`PER_CLASS_METRICS`, a float for those in
+        :data:`CASE_METRICS`. Distances (``hd95``) are in the spacing's unit (mm).
+    """
+    unknown = [m for m in metrics if m not in ALL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(ALL_METRICS)}.")
+    raw_label = label
+    pred, label = _as_onehot_pair(pred, label, batched=False)
+    p, y = pred[None].double(), label[None].double()  # float64: exact-looking report values
+    channels, spatial_dims = p.shape[1], p.ndim - 2
+    if spacing is None:
+        spacing_b = _meta_spacing(raw_label, 1, spatial_dims) or _spacing_per_case(None, 1, spatial_dims)
+    else:
+        spacing_b = _spacing_per_case(spacing, 1, spatial_dims)
+
+    cm = get_confusion_matrix(p, y, include_background=True).double()  # (1, C, 4): tp, fp, tn, fn
+    tp, fp, fn = cm[0, :, 0], cm[0, :, 1], cm[0, :, 3]
+    both_empty = (tp + fp + fn) == 0
+
+    def fill_empty(v: torch.Tensor) -> torch.Tensor:
+        v = v.double().clone()
+        v[both_empty] = empty_value
+        return v
+
+    out: dict[str, Any] = {}
+    iou_raw = compute_iou(p, y, include_background=True, ignore_empty=False)[0].double()
+    iou_raw[both_empty] = float("nan")  # 0/0: not part of mean_iou
+    recall_raw = compute_confusion_matrix_metric("recall", cm)[0].double()
+    if "dice" in metrics:
+        out["dice"] = fill_empty(compute_dice(p, y, include_background=True, ignore_empty=False)[0]).tolist()
+    if "iou" in metrics:
+        out["iou"] = fill_empty(iou_raw).tolist()
+    if "precision" in metrics:
+        out["precision"] = fill_empty(compute_confusion_matrix_metric("precision", cm)[0]).tolist()
+    if "recall" in metrics:
+        out["recall"] = fill_empty(recall_raw).tolist()
+    if "boundary_f1" in metrics:
+        out["boundary_f1"] = compute_boundary_f1(
+            p, y, spacing=spacing_b, tolerance_mm=boundary_tolerance_mm, empty_value=empty_value
+        )[0].tolist()
+    with warnings.catch_warnings():  # empty classes are handled by the documented policy; MONAI's warning is noise
+        warnings.filterwarnings("ignore", message=_MONAI_EMPTY_WARNING)
+        if "hd95" in metrics:
+            hd = compute_hausdorff_distance(p, y, include_background=True, percentile=95.0, spacing=spacing_b)
+            out["hd95"] = hd[0].double().tolist()
+        if "surface_dice" in metrics:
+            nsd = compute_surface_dice(
+                p, y, [float(surface_tolerance_mm)] * channels, include_background=True, spacing=spacing_b
+            )
+            out["surface_dice"] = fill_empty(nsd[0]).tolist()
+    if "pixel_accuracy" in metrics:
+        out["pixel_accuracy"] = float(compute_pixel_accuracy(p, y)[0])
+    if "mean_pixel_accuracy" in metrics:
+        out["mean_pixel_accuracy"] = float(torch.nanmean(recall_raw))
+    if "mean_iou" in metrics:
+        out["mean_iou"] = float(torch.nanmean(iou_raw))
+    return {m: out[m] for m in metrics}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# report
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file in ``path``'s folder, then ``os.replace`` it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    return {
+        "mean": float(finite.mean()) if finite.size else None,
+        "std": float(finite.std()) if finite.size else None,
+        "n": int(finite.size),
+        "nan_count": int(np.isnan(arr).sum()),
+        "inf_count": int(np.isinf(arr).sum()),
+    }
+
+
+def segmentation_report(
+    cases: Iterable[Mapping[str, Any]],
+    class_names: Sequence[str],
+    out_csv: str | os.PathLike,
+    out_json: str | os.PathLike,
+    *,
+    metrics: Sequence[str] = ALL_METRICS,
+    boundary_tolerance_mm: float = 2.0,
+    surface_tolerance_mm: float = 2.0,
+    empty_value: float = float("nan"),
+) -> dict[str, Any]:
+    """Score every case, write a per-case CSV and a summary JSON (both atomically), return the summary.
+
+    CSV: columns ``case, class, <metrics in the order given>``. Each case has one row per class (per-class metrics
+    filled, case metrics empty) and one row whose class is ``"all"`` (case metrics filled, per-class metrics empty).
+    Undefined values are written ``nan``.
+
+    JSON: ``{"n_cases", "class_names", "metrics", "settings", "empty_policy", "summary"}`` where
+    ``summary[metric][class]`` (class ``"all"`` for case metrics) is ``{"mean", "std", "n", "nan_count",
+    "inf_count"}``: mean and population standard deviation over the finite values (``null`` when there are none),
+    ``n`` the number of finite values.
+
+    Args:
+        cases: dicts ``{"case": id, "pred": (C, *spatial), "label": (C, *spatial), "spacing": tuple (optional)}``
+            with binarised one-hot tensors; a missing spacing is read from a ``MetaTensor`` label, else 1 mm.
+        class_names: one name per channel, background first.
+        out_csv: path of the per-case CSV.
+        out_json: path of the summary JSON.
+        metrics: names from :data:`ALL_METRICS`.
+        boundary_tolerance_mm: tolerance of ``boundary_f1``.
+        surface_tolerance_mm: tolerance of ``surface_dice``.
+        empty_value: score of a class absent from both prediction and label (NaN by default).
+    """
+    metrics = tuple(metrics)
+    class_names = [str(c) for c in class_names]
+    if CASE_ROW in class_names:
+        raise ValueError(f"class name {CASE_ROW!r} is reserved for the per-case rows.")
+    per_class = [m for m in metrics if m in PER_CLASS_METRICS]
+    per_case = [m for m in metrics if m in CASE_METRICS]
+
+    rows: list[list[Any]] = []
+    collected: dict[str, dict[str, list[float]]] = {m: {} for m in metrics}
+    n_cases = 0
+    for i, item in enumerate(cases):
+        missing = [k for k in ("case", "pred", "label") if k not in item]
+        if missing:
+            raise ValueError(f"case #{i} lacks key(s) {missing}; expected 'case', 'pred', 'label' (and 'spacing').")
+        case_id = str(item["case"])
+        try:
+            values = compute_case_metrics(
+                item["pred"],
+                item["label"],
+                item.get("spacing"),
+                metrics=metrics,
+                boundary_tolerance_mm=boundary_tolerance_mm,
+                surface_tolerance_mm=surface_tolerance_mm,
+                empty_value=empty_value,
+            )
+        except ValueError as e:
+            raise ValueError(f"case {case_id!r}: {e}") from e
+        n_channels = torch.as_tensor(item["pred"]).shape[0]
+        if n_channels != len(class_names):
+            raise ValueError(
+                f"case {case_id!r} has {n_channels} channels but {len(class_names)} class names were given."
+            )
+        n_cases += 1
+        for c, name in enumerate(class_names):
+            row: list[Any] = [case_id, name]
+            for m in metrics:
+                if m in per_class:
+                    v = float(values[m][c])
+                    collected[m].setdefault(name, []).append(v)
+                    row.append(repr(v))
+                else:
+                    row.append("")
+            rows.append(row)
+        row = [case_id, CASE_ROW]
+        for m in metrics:
+            if m in per_case:
+                v = float(values[m])
+                collected[m].setdefault(CASE_ROW, []).append(v)
+                row.append(repr(v))
+            else:
+                row.append("")
+        rows.append(row)
+
+    out_csv, out_json = Path(out_csv), Path(out_json)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case", "class", *metrics])
+    writer.writerows(rows)
+    _atomic_write_text(out_csv, buffer.getvalue())
+
+    summary = {
+        "n_cases": n_cases,
+        "class_names": class_names,
+        "metrics": list(metrics),
+        "settings": {
+            "boundary_tolerance_mm": boundary_tolerance_mm,
+            "surface_tolerance_mm": surface_tolerance_mm,
+            "hd_percentile": 95,
+            "empty_value": None if math.isnan(empty_value) else empty_value,
+        },
+        "empty_policy": "class absent from both prediction and label -> empty_value (null = NaN, excluded from means "
+        "and counted in nan_count); hd95 is NaN when either side is empty",
+        "summary": {
+            m: {
+                name: _summary(collected[m].get(name, []))
+                for name in (class_names if m in per_class else [CASE_ROW])
+            }
+            for m in metrics
+        },
+    }
+    _atomic_write_text(out_json, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# cumulative metrics for MONAI/Ignite evaluators
+
+
+class _SpacingAware:
+    """Mixin: per-call spacing from ``spacing=`` > constructor ``spacing`` > the label's ``MetaTensor.pixdim`` > 1 mm.
+
+    Also splits a per-case spacing list when the inputs are lists of channel-first tensors (MONAI's default
+    ``_compute_list`` would hand the whole list to every item).
+    """
+
+    spacing: SpacingLike = None
+
+    def _compute_list(self, y_pred: Any, y: Any = None, **kwargs: Any) -> torch.Tensor:
+        spacing = kwargs.pop("spacing", None)
+        n = len(y_pred)
+        per_item: list[Any] = [None] * n
+        if spacing is not None:
+            per_item = list(_spacing_per_case(spacing, n, y_pred[0].ndim - 1))
+        ret = [
+            self._compute_tensor(p.detach()[None], t.detach()[None], spacing=s, **kwargs)  # type: ignore
+            for p, t, s in zip(y_pred, y, per_item)
+        ]
+        return torch.cat(ret, dim=0)
+
+    def _resolve_spacing(self, y_pred: torch.Tensor, y: torch.Tensor, spacing: SpacingLike) -> list[tuple[float, ...]]:
+        batch, spatial_dims = y_pred.shape[0], y_pred.ndim - 2
+        if spacing is None:
+            spacing = self.spacing
+        if spacing is None:
+            found = _meta_spacing(y, batch, spatial_dims) or _meta_spacing(y_pred, batch, spatial_dims)
+            if found is not None:
+                return found
+        return _spacing_per_case(spacing, batch, spatial_dims)
+
+
+class _ReducedMetric(CumulativeIterationMetric):
+    """Cumulative metric whose buffer is ``(B, C)`` and whose aggregate is MONAI's NaN-aware reduction."""
+
+    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.get_not_nans = get_not_nans
+
+    def aggregate(
+        self, reduction: MetricReduction | str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Reduce the buffered ``(N, C)`` values, ignoring NaN (``"mean"``: over classes, then over cases)."""
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("the data to aggregate must be a PyTorch Tensor; call the metric on some data first.")
+        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        return (f, not_nans) if self.get_not_nans else f
+
+
+class PixelAccuracyMetric(_ReducedMetric):
+    """Cumulative pixel accuracy (hand-written, see :func:`compute_pixel_accuracy`); buffer ``(N, 1)``.
+
+    Args:
+        reduction: MONAI reduction of the buffered per-case values (``"mean"``: mean over cases).
+        get_not_nans: whether ``aggregate`` also returns the count of non-NaN values.
+    """
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore
+        return compute_pixel_accuracy(y_pred, y)[:, None]
+
+
+class MeanPixelAccuracyMetric(_ReducedMetric):
+    """Cumulative mean pixel accuracy (hand-written on MONAI's confusion matrix); buffer ``(N, C)`` per-class recall.
+
+    The buffer holds per-class recall (background included, NaN for classes absent from the label), so
+    ``reduction="mean"`` gives each case's mean pixel accuracy averaged over cases, and ``"mean_batch"`` the
+    per-class accuracy averaged over cases.
+
+    Args:
+        reduction: MONAI reduction of the buffer.
+        get_not_nans: whether ``aggregate`` also returns the count of non-NaN values.
+    """
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore
+        y_pred, y = _as_onehot_pair(y_pred, y, batched=True)
+        return _per_class_recall(y_pred, y)
+
+
+class BoundaryF1Metric(_SpacingAware, _ReducedMetric):
+    """Cumulative boundary F1 with a tolerance in mm (hand-written, see :func:`compute_boundary_f1`); buffer ``(N, C)``.
+
+    Args:
+        tolerance_mm: matching distance in mm.
+        include_background: whether channel 0 is scored (default ``False``, like MONAI's surface-distance metrics).
+        spacing: fixed mm per voxel for every case; ``None`` reads ``MetaTensor.pixdim`` of the label, else 1 mm.
+            A call's ``spacing=`` keyword overrides both.
+        empty_value: score when a class is absent from both (default NaN, left out of the reduction).
+        reduction: MONAI reduction of the buffer.
+        get_not_nans: whether ``aggregate`` also returns the count of non-NaN values.
+    """
+
+    def __init__(
+        self,
+        tolerance_mm: float = 2.0,
+        include_background: bool = False,
+        spacing: SpacingLike = None,
+        empty_value: float = float("nan"),
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
+        self.tolerance_mm = tolerance_mm
+        self.include_background = include_background
+        self.spacing = spacing
+        self.empty_value = empty_value
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore
+        spacing = self._resolve_spacing(y_pred, y, kwargs.get("spacing"))
+        return compute_boundary_f1(
+            y_pred,
+            y,
+            spacing=spacing,
+            tolerance_mm=self.tolerance_mm,
+            include_background=self.include_background,
+            empty_value=self.empty_value,
+        )
+
+
+class HD95Metric(_SpacingAware, HausdorffDistanceMetric):
+    """MONAI's ``HausdorffDistanceMetric(percentile=95)`` that finds its spacing itself (mm); buffer ``(N, C)``.
+
+    NaN when either side of a class is empty (MONAI's behaviour, left out of the reduction).
+
+    Args:
+        include_background: whether channel 0 is scored (MONAI's default ``False``).
+        spacing: fixed mm per voxel; ``None`` reads ``MetaTensor.pixdim`` of the label, else 1 mm. A call's
+            ``spacing=`` keyword overrides both.
+        reduction: MONAI reduction of the buffer.
+        get_not_nans: whether ``aggregate`` also returns the count of non-NaN values.
+    """
+
+    def __init__(
+        self,
+        include_background: bool = False,
+        spacing: SpacingLike = None,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__(
+            include_background=include_background, percentile=95.0, reduction=reduction, get_not_nans=get_not_nans
+        )
+        self.spacing = spacing
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore
+        kwargs["spacing"] = self._resolve_spacing(y_pred, y, kwargs.get("spacing"))
+        return super()._compute_tensor(y_pred, y, **kwargs)
+
+
+class NSDMetric(_SpacingAware, SurfaceDiceMetric):
+    """MONAI's ``SurfaceDiceMetric`` with one tolerance in mm for every class and self-found spacing; buffer ``(N, C)``.
+
+    NaN when a class is absent from both sides, 0 when from one (MONAI's behaviour).
+
+    Args:
+        tolerance_mm: acceptable boundary deviation in mm, one number for all classes or one per scored class.
+        include_background: whether channel 0 is scored (MONAI's default ``False``).
+        spacing: fixed mm per voxel; ``None`` reads ``MetaTensor.pixdim`` of the label, else 1 mm. A call's
+            ``spacing=`` keyword overrides both.
+        reduction: MONAI reduction of the buffer.
+        get_not_nans: whether ``aggregate`` also returns the count of non-NaN values.
+    """
+
+    def __init__(
+        self,
+        tolerance_mm: float | Sequence[float] = 2.0,
+        include_background: bool = False,
+        spacing: SpacingLike = None,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__(
+            class_thresholds=[], include_background=include_background, reduction=reduction, get_not_nans=get_not_nans
+        )
+        self.tolerance_mm = tolerance_mm
+        self.spacing = spacing
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore
+        n_scored = y_pred.shape[1] - (0 if self.include_background else 1)
+        if isinstance(self.tolerance_mm, (int, float)):
+            self.class_thresholds = [float(self.tolerance_mm)] * n_scored
+        else:
+            self.class_thresholds = [float(t) for t in self.tolerance_mm]
+        kwargs["spacing"] = self._resolve_spacing(y_pred, y, kwargs.get("spacing"))
+        return super()._compute_tensor(y_pred, y, **kwargs)

@@ -1,0 +1,1 @@
+"""Writers of small synthetic data sets in exactly the on-disk layouts of the real ones."""
