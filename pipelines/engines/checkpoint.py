@@ -31,7 +31,8 @@ class ResumableCheckpoint:
     Args:
         ckpt_dir: folder of the checkpoint.
         save_dict: objects with ``state_dict``/``load_state_dict``: ``{"network": ..., "optimizer": ...,
-            "lr_scheduler": ..., "trainer": <the trainer engine>}``. The trainer's grad scaler is added when AMP is on.
+            "lr_scheduler": ...}``. The engine it is attached to (its epoch and iteration) and, when AMP is on, the
+            engine's grad scaler are added, so a bundle config needs no reference back to its own trainer.
         evaluator: the validation evaluator; its best metric and epoch are kept.
         best_saver: the evaluator's ``CheckpointSaver(save_key_metric=True)``; its record of the best score is kept.
         filename: checkpoint file name.
@@ -63,6 +64,7 @@ class ResumableCheckpoint:
 
     def _objects(self, engine: Engine) -> dict[str, Any]:
         objects = {k: self._unwrap(v) for k, v in self.save_dict.items() if v is not None}
+        objects.setdefault("trainer", engine)
         if getattr(engine, "scaler", None) is not None:
             objects.setdefault("scaler", engine.scaler)
         return objects
