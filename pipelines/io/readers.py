@@ -26,9 +26,9 @@ SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm")
 
 
 def _first_line(error: Exception) -> str:
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    lines = [ln.strip().removeprefix("sitk::ERROR:").strip() for ln in str(error).splitlines() if ln.strip()]
     # SimpleITK errors start with the C++ source location; the useful sentence is usually last
-    useful = [ln for ln in lines if not ln.startswith(("/", "sitk::ERROR: ", "Exception thrown"))] or lines
+    useful = [ln for ln in lines if ln and not ln.startswith(("/", "Exception thrown"))] or lines
     return useful[-1] if useful else type(error).__name__
 
 

@@ -1,0 +1,170 @@
+"""Any volume on disk -> the bundle's preprocessing -> sliding window -> inverse transforms -> a file in its geometry.
+
+This runs the pieces of a bundle's ``configs/inference.json`` (``network_def``, ``preprocessing``, ``inferer``,
+``postprocessing``) one input at a time, so that one unreadable scan is reported and skipped instead of stopping the
+rest. The output overlays its input exactly: same shape, spacing, origin and direction, because ``postprocessing``
+inverts every preprocessing step (``Invertd``) before writing. Files are written to a temporary name and renamed,
+so an interrupted run never leaves a partial result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from pipelines.data.volumes import list_volumes, volume_name
+
+__all__ = ["InferenceResult", "BundleInferer", "error_message", "infer_volumes", "load_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceResult:
+    """What happened to one input."""
+
+    input: str
+    output: str | None
+    seconds: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def error_message(error: BaseException, source: str | Path) -> str:
+    """One line for the user: the innermost cause (MONAI wraps transform errors in "applying transform ..."),
+    prefixed by the input's path unless the message names it already."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    message = lines[0] if lines else type(error).__name__
+    if type(error).__name__ not in ("ValueError", "RuntimeError"):
+        message = f"{type(error).__name__}: {message}"
+    return message if str(source) in message else f"{source}: {message}"
+
+
+def load_weights(network: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu") -> None:
+    """Load a Model Zoo style ``model.pt`` (a state dict, or ``{"model": state_dict}``) into ``network``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: trained weights not found (train the bundle first, or pass --weights)")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    target.load_state_dict(state)
+
+
+class BundleInferer:
+    """Build a bundle's inference pieces once and apply them to volumes one by one.
+
+    Args:
+        bundle_dir: the bundle folder (with ``configs/inference.json``).
+        output_dir: where the predictions go.
+        weights: weights file; defaults to the config's ``ckpt_path`` (``<bundle>/models/model.pt``).
+        overrides: config values to override (``{"overlap": 0.25, "device": "cpu"}``...).
+        config_file: another inference config inside the bundle.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        output_dir: str | Path,
+        *,
+        weights: str | Path | None = None,
+        overrides: dict[str, Any] | None = None,
+        config_file: str = "configs/inference.json",
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir).resolve()
+        config = self.bundle_dir / config_file
+        if not config.is_file():
+            raise FileNotFoundError(f"{config}: bundle inference config not found")
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.parser = ConfigParser()
+        self.parser.read_config(str(config))
+        self.parser.update(
+            {"bundle_root": str(self.bundle_dir), "output_dir": str(self.output_dir), "dataset_dir": "", "datalist": []}
+        )
+        self.parser.update(dict(overrides or {}))
+        self.device = torch.device(self.parser.get_parsed_content("device"))
+        self.network = self.parser.get_parsed_content("network")
+        load_weights(self.network, weights or self.parser.get_parsed_content("ckpt_path"), self.device)
+        self.network.eval()
+        self.preprocessing = self.parser.get_parsed_content("preprocessing")
+        self.inferer = self.parser.get_parsed_content("inferer")
+        self.postprocessing = self.parser.get_parsed_content("postprocessing")
+        self.amp = bool(self.parser.get_parsed_content("amp")) if "amp" in self.parser else False
+        self.amp_dtype = self.parser.get_parsed_content("amp_dtype") if "amp_dtype" in self.parser else torch.float16
+        self.postfix = self._save_postfix()
+
+    def _save_postfix(self) -> str:
+        for t in getattr(self.postprocessing, "transforms", []):
+            layout = getattr(getattr(t, "saver", None), "folder_layout", None)
+            if layout is not None:
+                return f"_{layout.postfix}{layout.ext}" if layout.postfix else layout.ext
+        return "_seg.nii.gz"
+
+    def output_path(self, image: str | Path) -> Path:
+        return self.output_dir / f"{volume_name(image)}{self.postfix}"
+
+    def _autocast(self):
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def __call__(self, image: str | Path) -> InferenceResult:
+        start = time.time()
+        out = self.output_path(image)
+        try:
+            data = self.preprocessing({"image": str(image)})
+            with torch.inference_mode(), self._autocast():
+                batch = data["image"].unsqueeze(0).to(self.device)
+                data["pred"] = self.inferer(batch, self.network)[0].float()
+            self.postprocessing(data)
+        except Exception as e:  # one bad input must not stop the others; the caller reports it
+            return InferenceResult(str(image), None, time.time() - start, error_message(e, image))
+        return InferenceResult(str(image), str(out), time.time() - start)
+
+
+def infer_volumes(
+    bundle_dir: str | Path,
+    inputs: list[str | Path],
+    output_dir: str | Path,
+    *,
+    weights: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    echo=print,
+) -> list[InferenceResult]:
+    """Run a bundle on every volume in ``inputs`` (files, DICOM folders, or folders of volumes).
+
+    Each input is expanded with :func:`~pipelines.data.volumes.list_volumes`; an input that cannot be expanded or
+    read becomes a failed result with its error, and the others still run. ``echo`` receives one progress line per
+    volume.
+    """
+    engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides)
+    volumes: list[str] = []
+    results: list[InferenceResult] = []
+    for item in inputs:
+        try:
+            volumes.extend(v["image"] for v in list_volumes(item))
+        except ValueError as e:
+            results.append(InferenceResult(str(item), None, 0.0, str(e)))
+            echo(f"error: {e}")
+    for i, volume in enumerate(volumes, start=1):
+        result = engine(volume)
+        results.append(result)
+        if result.ok:
+            echo(f"[{i}/{len(volumes)}] {volume} -> {result.output} ({result.seconds:.1f} s)")
+        else:
+            echo(f"[{i}/{len(volumes)}] error: {result.error}")
+    return results

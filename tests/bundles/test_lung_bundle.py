@@ -1,0 +1,164 @@
+"""The lung E-DU bundle: metadata, standard ids, train / evaluate / infer workflows, TensorBoard, resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from tests.conftest import LUNG_BUNDLE, REPO
+
+SCHEMAS = REPO.parent / "shared" / "schemas"
+
+
+def _schema(name: str) -> dict:
+    path = SCHEMAS / name
+    if not path.exists():
+        pytest.skip(f"{path} not available (it sits beside the repository)")
+    return json.loads(path.read_text())
+
+
+def test_metadata_is_valid_against_both_schemas():
+    meta = json.loads((LUNG_BUNDLE / "configs" / "metadata.json").read_text())
+    assert meta["schema"].endswith("meta_schema_20240725.json")
+    jsonschema.validate(meta, _schema("meta_schema_20240725.json"))
+    jsonschema.validate(meta, _schema("meta_schema_20220324.json"))
+    assert meta["version"] in meta["changelog"]
+    assert meta["monai_version"] == "1.6.1" and meta["pytorch_version"] == "2.13.0"
+    requirements = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split()
+                        if "==" in line)
+    for package, version in meta["required_packages_version"].items():
+        assert requirements[package] == version, f"metadata pins {package} {version}, requirements.txt differs"
+
+
+def test_network_def_gives_the_declared_output_shape():
+    meta = json.loads((LUNG_BUNDLE / "configs" / "metadata.json").read_text())
+    parser = ConfigParser()
+    parser.read_config(str(LUNG_BUNDLE / "configs" / "inference.json"))
+    parser["network_def"]["features"] = [4, 8, 16, 32, 64]  # same topology, small enough for a CPU test
+    net = parser.get_parsed_content("network_def").eval()
+    fmt = meta["network_data_format"]
+    x = torch.zeros(1, fmt["inputs"]["image"]["num_channels"], *fmt["inputs"]["image"]["spatial_shape"])
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (1, fmt["outputs"]["pred"]["num_channels"], *fmt["outputs"]["pred"]["spatial_shape"])
+
+
+@pytest.mark.parametrize("config, workflow_type", [("train.json", "train"), ("inference.json", "infer")])
+def test_standard_properties(config, workflow_type, tmp_path, luna16_tiny):
+    workflow = ConfigWorkflow(config_file=str(LUNG_BUNDLE / "configs" / config), workflow_type=workflow_type,
+                              meta_file=str(LUNG_BUNDLE / "configs" / "metadata.json"), bundle_root=str(tmp_path),
+                              dataset_dir=str(luna16_tiny[0]), num_workers=0)
+    workflow.initialize()
+    assert workflow.check_properties() in (None, [])
+    for key in ("bundle_root", "device", "dataset_dir", "output_dir", "network_def"):
+        assert key in workflow.parser
+    if workflow_type == "train":
+        for key in ("train#trainer", "train#trainer#max_epochs", "train#dataset", "validate#evaluator",
+                    "val_interval", "training", "initialize", "run", "finalize"):
+            assert key in workflow.parser
+    else:
+        for key in ("inferer", "evaluator"):
+            assert key in workflow.parser
+
+
+def test_training_writes_best_model_summary_and_tensorboard(trained_lung_bundle):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = trained_lung_bundle / "models" / "model.pt"
+    state = torch.load(model, map_location="cpu", weights_only=True)
+    assert "head.weight" in state  # a plain state dict, as the Model Zoo ships it
+    checkpoint = torch.load(trained_lung_bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert {"network", "optimizer", "lr_scheduler", "trainer", "evaluator_best", "best_saver"} <= set(checkpoint)
+    summary = json.loads((trained_lung_bundle / "eval" / "train_summary.json").read_text())
+    assert summary["key_metric_name"] == "val_mean_dice" and summary["epochs"] == 1
+    assert 0.0 <= summary["best_metric"] <= 1.0
+    events = EventAccumulator(str(trained_lung_bundle / "logs"))
+    events.Reload()
+    assert {"train_loss", "val_mean_dice", "train/lr"} <= set(events.Tags()["scalars"])
+    assert "val/slices" in events.Tags()["images"]
+    image = events.Images("val/slices")[0]
+    assert image.width == 3 * image.height or image.width > image.height  # CT | label | prediction panels
+    assert not list(trained_lung_bundle.rglob("*.partial-*")), "no temporary file may be left behind"
+
+
+def test_evaluation_writes_per_case_metrics(trained_lung_bundle, luna16_tiny):
+    root, scans = luna16_tiny
+    configs = trained_lung_bundle / "configs"
+    out = trained_lung_bundle / "eval" / "all"
+    workflow = ConfigWorkflow(
+        config_file=[str(configs / "train.json"), str(configs / "evaluate.json")], workflow_type="train",
+        bundle_root=str(trained_lung_bundle), dataset_dir=str(root), output_dir=str(out), eval_all=True,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    rows = (out / "val_mean_dice_raw.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + len(scans)  # header + one row per scan
+    assert {"val_mean_dice", "val_hd95"} <= {line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()}
+
+
+def test_inference_workflow_output_overlays_its_input(trained_lung_bundle, luna16_tiny, tmp_path):
+    root, scans = luna16_tiny
+    configs = trained_lung_bundle / "configs"
+    workflow = ConfigWorkflow(config_file=str(configs / "inference.json"), workflow_type="infer",
+                              bundle_root=str(trained_lung_bundle), dataset_dir=str(root), output_dir=str(tmp_path))
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    for scan in scans:
+        out = tmp_path / f"{scan.seriesuid}_seg.nii.gz"
+        _assert_same_geometry(sitk.ReadImage(str(scan.path)), sitk.ReadImage(str(out)))
+    assert len(list(tmp_path.glob("*_seg.nii.gz"))) == len(scans)  # lung masks are not inference inputs
+
+
+def _assert_same_geometry(image: sitk.Image, pred: sitk.Image) -> None:
+    assert pred.GetSize() == image.GetSize()
+    assert np.allclose(pred.GetSpacing(), image.GetSpacing(), atol=1e-5)
+    assert np.allclose(pred.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    assert np.allclose(pred.GetDirection(), image.GetDirection(), atol=1e-6)
+    assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1}
+
+
+def _clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def test_run_training_from_another_directory_and_resume(tiny_lung_bundle, luna16_tiny, tmp_path):
+    """The documented command, run from an unrelated working directory without PYTHONPATH; run again to resume."""
+    root, _ = luna16_tiny
+    bundle = tmp_path / "bundle"
+    import shutil
+
+    shutil.copytree(tiny_lung_bundle, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs", "cache"))
+    configs = bundle / "configs"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = [sys.executable, "-m", "monai.bundle", "run", "training",
+               "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "train.json"),
+               "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(bundle),
+               "--dataset_dir", str(root)]
+    first = subprocess.run(command + ["--max_epochs", "1"], cwd=elsewhere, env=_clean_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (bundle / "models" / "model.pt").exists()
+    iterations = torch.load(bundle / "models" / "checkpoint.pt", weights_only=False)["trainer"]["iteration"]
+
+    second = subprocess.run(command + ["--max_epochs", "2"], cwd=elsewhere, env=_clean_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed from" in second.stdout + second.stderr
+    assert "Epoch: 1/2" not in second.stdout + second.stderr, "the second run must continue, not restart"
+    state = torch.load(bundle / "models" / "checkpoint.pt", weights_only=False)["trainer"]
+    assert state["iteration"] == 2 * iterations and state["iteration"] // state["epoch_length"] == 2
