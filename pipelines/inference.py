@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,10 @@ def error_message(error: BaseException, source: str | Path) -> str:
         error = error.__cause__
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     message = lines[0] if lines else type(error).__name__
+    # MONAI's SaveImage/LoadImage append the tracebacks of every writer or reader they tried: keep the final cause
+    causes = [ln for ln in lines[1:] if re.match(r"^[A-Za-z_][\w.]*(Error|Exception): ", ln)]
+    if causes:
+        message = f"{message.rstrip('.')} ({causes[-1]})"
     if type(error).__name__ not in ("ValueError", "RuntimeError"):
         message = f"{type(error).__name__}: {message}"
     return message if str(source) in message else f"{source}: {message}"
