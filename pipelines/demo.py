@@ -35,7 +35,7 @@ DEMO_OVERRIDES = {
     "patch_size": [48, 48, 32],
 }
 DEMO_TRAIN_OVERRIDES = {
-    "max_epochs": 14,
+    "max_epochs": 18,
     "learning_rate": 0.002,
     "num_samples": 2,
     "batch_size": 2,
