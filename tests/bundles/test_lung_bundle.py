@@ -162,3 +162,35 @@ def test_run_training_from_another_directory_and_resume(tiny_lung_bundle, luna16
     assert "Epoch: 1/2" not in second.stdout + second.stderr, "the second run must continue, not restart"
     state = torch.load(bundle / "models" / "checkpoint.pt", weights_only=False)["trainer"]
     assert state["iteration"] == 2 * iterations and state["iteration"] // state["epoch_length"] == 2
+
+
+def test_two_process_training_with_torchrun_on_cpu(tiny_lung_bundle, luna16_tiny, tmp_path):
+    """multi_gpu_train.json under torchrun with gloo: identical weights on both ranks, rank 0 alone writes files."""
+    import shutil
+
+    root, _ = luna16_tiny
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_lung_bundle, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs", "cache"))
+    configs = bundle / "configs"
+    # test-only: every rank saves its weights at the end, so the test can compare them
+    (tmp_path / "ranks.json").write_text(json.dumps({"finalize": [
+        "$torch.save(@network.module.state_dict(), @bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
+        "$@summary_writer.close()",
+        "$dist.is_initialized() and dist.destroy_process_group()",
+    ]}))
+    files = [str(configs / "train.json"), str(configs / "multi_gpu_train.json"), str(tmp_path / "ranks.json")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+         "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files),
+         "--bundle_root", str(bundle), "--dataset_dir", str(root), "--val_fraction", "0.5", "--max_epochs", "2"],
+        cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0 = torch.load(bundle / "rank0.pt", weights_only=True)
+    rank1 = torch.load(bundle / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert len(list((bundle / "logs").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["checkpoint.pt", "model.pt"]
+    # console statistics come from rank 0 only: one validation line per epoch
+    assert (proc.stdout + proc.stderr).count("Metrics -- val_mean_dice") == 2
