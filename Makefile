@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -W ignore -m bench.edu_vs_unet $(BENCH_ARGS)
+	$(PY) -W ignore -m pipelines bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m compileall -q networks pipelines bench tests

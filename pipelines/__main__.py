@@ -1,8 +1,9 @@
 """``python -m pipelines <command>``: synthetic data, inference, the demo.
 
 Commands:
-    synth luna16   write a synthetic LUNA16-layout data set
+    synth luna16|brats|isic-seg   write a synthetic data set in that data set's real layout
     infer          run a bundle on NIfTI / MetaImage / NRRD files and DICOM series folders
+    bench          every network against MONAI's UNet, BasicUNet, SegResNet, DenseNet121 (bench/results.md)
     demo           synthetic data -> train the lung bundle -> evaluate -> infer, in a few minutes on a CPU
 """
 
@@ -25,6 +26,18 @@ def _synth(args: argparse.Namespace) -> int:
         )
         nodules = sum(len(s.nodules) for s in scans)
         print(f"synth luna16: wrote {len(scans)} scans with {nodules} nodules to {args.out}")
+        return 0
+    if args.layout == "brats":
+        from pipelines.synth.brats import write_brats
+
+        cases = write_brats(args.out, cases=args.cases, naming=args.naming, seed=args.seed)
+        print(f"synth brats: wrote {len(cases)} cases ({args.naming} naming) to {args.out}")
+        return 0
+    if args.layout == "isic-seg":
+        from pipelines.synth.isic import write_isic_seg
+
+        images = write_isic_seg(args.out, cases=args.cases, seed=args.seed, hairs=not args.no_hairs)
+        print(f"synth isic-seg: wrote {len(images)} images with masks to {args.out}")
         return 0
     raise AssertionError(args.layout)  # argparse restricts the choices
 
@@ -70,19 +83,28 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(workdir=args.workdir, epochs=args.epochs, cases=args.cases, fresh=args.fresh)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from bench.networks import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write a small synthetic data set in a real data set's layout")
-    synth.add_argument("layout", choices=["luna16"], help="which data set layout to write")
+    synth.add_argument("layout", choices=["luna16", "brats", "isic-seg"], help="which data set layout to write")
     synth.add_argument("--out", required=True, help="folder to write the data set into")
     synth.add_argument("--cases", type=int, default=6, help="number of scans (default 6)")
     synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data")
     synth.add_argument("--fov-mm", type=float, default=100.0, help="in-plane field of view in mm (default 100)")
     synth.add_argument("--length-mm", type=float, default=80.0, help="scan length along z in mm (default 80)")
-    synth.add_argument("--subsets", type=int, default=2, help="number of subset* folders (default 2)")
+    synth.add_argument("--subsets", type=int, default=2, help="luna16: number of subset* folders (default 2)")
+    synth.add_argument("--naming", choices=["2021", "2023"], default="2021",
+                       help="brats: 2018-2021 (<case>_t1ce.nii.gz, ET=4) or 2023 (<case>-t1c.nii.gz, ET=3) naming")
+    synth.add_argument("--no-hairs", action="store_true", help="isic-seg: draw no hairs")
     synth.set_defaults(func=_synth)
 
     infer = sub.add_parser(
@@ -91,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "origin, direction). Exit code 0 when all inputs succeeded, 1 when any failed, 2 on a bad bundle.",
     )
     infer.add_argument("bundle", help="bundle folder (with configs/inference.json and models/model.pt)")
-    infer.add_argument("inputs", nargs="+", help="NIfTI, MetaImage or NRRD files, DICOM series folders, or folders of them")
+    infer.add_argument("inputs", nargs="+", help="NIfTI, MetaImage or NRRD files, DICOM series folders, or folders of them "
+                       "(BraTS case folders for the brats bundle, images for the isic bundle)")
     infer.add_argument("--output", required=True, help="folder for the predictions")
     infer.add_argument("--weights", help="weights file instead of <bundle>/models/model.pt")
     infer.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: CUDA when available)")
@@ -100,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
                        help="override any inference.json value, e.g. --set stitch_device=cpu (repeatable)")
     infer.set_defaults(func=_infer)
+
+    bench = sub.add_parser("bench", help="speed and memory of every network against MONAI's, in the same run")
+    from bench.networks import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(func=_bench)
 
     demo = sub.add_parser("demo", help="synthetic LUNA16 -> train E-DU -> evaluate -> infer (CPU, minutes)")
     demo.add_argument("--workdir", default="demo_run", help="folder for data, the trained bundle and outputs")

@@ -111,6 +111,8 @@ class BundleInferer:
         self.amp = bool(self.parser.get_parsed_content("amp")) if "amp" in self.parser else False
         self.amp_dtype = self.parser.get_parsed_content("amp_dtype") if "amp_dtype" in self.parser else torch.float16
         self.postfix = self._save_postfix()
+        self._list_inputs = (self.parser.get_parsed_content("list_inputs") if "list_inputs" in self.parser
+                             else list_volumes)
 
     def _save_postfix(self) -> str:
         for t in getattr(self.postprocessing, "transforms", []):
@@ -127,18 +129,36 @@ class BundleInferer:
             return torch.autocast("cuda", dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
-    def __call__(self, image: str | Path) -> InferenceResult:
+    def list_inputs(self, path: str | Path) -> list[dict]:
+        """Expand one user input into data items: the config's ``list_inputs`` callable when it has one (BraTS case
+        folders, 2D images...), else :func:`~pipelines.data.volumes.list_volumes`."""
+        return list(self._list_inputs(path))
+
+    def __call__(self, image: str | Path | dict) -> InferenceResult:
+        """Run on one input: a path (``{"image": path}``) or a data item from :meth:`list_inputs`."""
         start = time.time()
-        out = self.output_path(image)
+        item = dict(image) if isinstance(image, dict) else {"image": str(image)}
+        source = _source(item)
+        out = self.output_path(item["image"] if isinstance(item["image"], (str, Path)) else source)
         try:
-            data = self.preprocessing({"image": str(image)})
+            data = self.preprocessing(item)
             with torch.inference_mode(), self._autocast():
                 batch = data["image"].unsqueeze(0).to(self.device)
                 data["pred"] = self.inferer(batch, self.network)[0].float()
-            self.postprocessing(data)
+            result = self.postprocessing(data)
         except Exception as e:  # one bad input must not stop the others; the caller reports it
-            return InferenceResult(str(image), None, time.time() - start, error_message(e, image))
-        return InferenceResult(str(image), str(out), time.time() - start)
+            return InferenceResult(source, None, time.time() - start, error_message(e, source))
+        if isinstance(result, dict) and "output_path" in result:  # savers that report where they wrote
+            out = Path(result["output_path"])
+        return InferenceResult(source, str(out), time.time() - start)
+
+
+def _source(item: dict) -> str:
+    """How an input is named in messages: its case/name folder or file, else its image path."""
+    image = item["image"]
+    if isinstance(image, (list, tuple)):
+        return str(Path(str(image[0])).parent) if image else str(item.get("case", ""))
+    return str(image)
 
 
 def infer_volumes(
@@ -152,16 +172,18 @@ def infer_volumes(
 ) -> list[InferenceResult]:
     """Run a bundle on every volume in ``inputs`` (files, DICOM folders, or folders of volumes).
 
-    Each input is expanded with :func:`~pipelines.data.volumes.list_volumes`; an input that cannot be expanded or
+    Each input is expanded with the bundle's ``list_inputs`` (an optional ``inference.json`` id: a callable mapping
+    a path to data items, e.g. :func:`pipelines.data.brats.brats_cases` for case folders) or else
+    :func:`~pipelines.data.volumes.list_volumes`; an input that cannot be expanded or
     read becomes a failed result with its error, and the others still run. ``echo`` receives one progress line per
     volume.
     """
     engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides)
-    volumes: list[str] = []
+    volumes: list[dict] = []
     results: list[InferenceResult] = []
     for item in inputs:
         try:
-            volumes.extend(v["image"] for v in list_volumes(item))
+            volumes.extend(engine.list_inputs(item))
         except ValueError as e:
             results.append(InferenceResult(str(item), None, 0.0, str(e)))
             echo(f"error: {e}")
@@ -169,7 +191,7 @@ def infer_volumes(
         result = engine(volume)
         results.append(result)
         if result.ok:
-            echo(f"[{i}/{len(volumes)}] {volume} -> {result.output} ({result.seconds:.1f} s)")
+            echo(f"[{i}/{len(volumes)}] {result.input} -> {result.output} ({result.seconds:.1f} s)")
         else:
             echo(f"[{i}/{len(volumes)}] error: {result.error}")
     return results

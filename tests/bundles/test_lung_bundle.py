@@ -194,3 +194,27 @@ def test_two_process_training_with_torchrun_on_cpu(tiny_lung_bundle, luna16_tiny
     assert sorted(p.name for p in (bundle / "models").iterdir()) == ["checkpoint.pt", "model.pt"]
     # console statistics come from rank 0 only: one validation line per epoch
     assert (proc.stdout + proc.stderr).count("Metrics -- val_mean_dice") == 2
+
+
+def test_network_swapped_by_a_config_override(tiny_lung_bundle, luna16_tiny, tmp_path):
+    """Any segmentation network of the project replaces E-DU through ``network_def``, for training and inference."""
+    import shutil
+
+    from pipelines.inference import BundleInferer
+
+    root, scans = luna16_tiny
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_lung_bundle, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs", "cache"))
+    network = {"_target_": "networks.ResUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+               "base_filters": 4}
+    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
+                              bundle_root=str(bundle), dataset_dir=str(root), network_def=network)
+    workflow.initialize()
+    assert type(workflow.parser.get_parsed_content("network_def")).__name__ == "ResUNet"
+    workflow.run()
+    workflow.finalize()
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert any(k.startswith("bridge") or "aspp" in k or "stem" in k for k in state)  # ResUNet's, not E-DU's
+    result = BundleInferer(bundle, tmp_path / "out", overrides={"network_def": network})(scans[0].path)
+    assert result.ok, result.error
+    _assert_same_geometry(sitk.ReadImage(str(scans[0].path)), sitk.ReadImage(result.output))

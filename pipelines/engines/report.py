@@ -1,0 +1,165 @@
+"""Evaluation reports on an evaluator: per-case metrics CSV and summary JSON, pixel-pooled scores, per-channel Dice.
+
+:class:`SegmentationReport` feeds every validated case to :func:`pipelines.metrics.segmentation_report` (per-case CSV,
+summary JSON, both atomic) and can add the pixel-pooled scores that skin-lesion papers report (Dice/F1, Jaccard,
+sensitivity, specificity, accuracy over all pixels of the test set). :func:`channel_output` selects one output channel
+for an Ignite metric, so that each BraTS region (TC, WT, ET) gets its own scalar in TensorBoard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from pipelines.io import write_json_atomic
+from pipelines.metrics import segmentation_report
+
+__all__ = ["SegmentationReport", "channel_output", "pooled_scores"]
+
+
+def channel_output(index: int, pred_key: str = "pred", label_key: str = "label") -> Callable:
+    """An Ignite ``output_transform`` giving ``([pred[index:index+1], ...], [label[index:index+1], ...])``."""
+
+    def transform(output: Any) -> tuple[list, list]:
+        items = output if isinstance(output, list) else [output]
+        return ([i[pred_key][index : index + 1] for i in items], [i[label_key][index : index + 1] for i in items])
+
+    return transform
+
+
+def _safe(num: float, den: float) -> float | None:
+    return float(num / den) if den > 0 else None
+
+
+def pooled_scores(tp: float, fp: float, tn: float, fn: float) -> dict[str, float | None]:
+    """Dice (F1), Jaccard, sensitivity, specificity, precision and accuracy from pooled pixel counts."""
+    return {
+        "dice": _safe(2 * tp, 2 * tp + fp + fn),
+        "jaccard": _safe(tp, tp + fp + fn),
+        "sensitivity": _safe(tp, tp + fn),
+        "specificity": _safe(tn, tn + fp),
+        "precision": _safe(tp, tp + fp),
+        "accuracy": _safe(tp + tn, tp + tn + fp + fn),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+    }
+
+
+def _case_name(item: dict, key: str, index: int) -> str:
+    value = item.get(key)
+    while isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    if value is None:
+        meta = getattr(item.get("label"), "meta", {}) or {}
+        value = meta.get("filename_or_obj")
+        value = Path(str(value)).name if value else f"case{index:04d}"
+    return str(value)
+
+
+class SegmentationReport:
+    """Write a per-case metrics CSV and a summary JSON when an evaluator completes.
+
+    Each decollated output item must hold binarised ``pred`` and ``label`` tensors ``(C, *spatial)`` (one-hot, or
+    overlapping region channels). To keep memory flat on large 3D data, each case is cropped to the bounding box of
+    its prediction and label (plus ``margin``) before it is kept; Dice, IoU, precision, recall, HD95, surface Dice and
+    boundary F1 do not change, so the crop is only applied when no pixel-level metric (accuracy) is requested.
+
+    Args:
+        output_dir: folder of ``<prefix>metrics.csv`` and ``<prefix>summary.json``.
+        class_names: one name per channel.
+        metrics: names from :data:`pipelines.metrics.ALL_METRICS`.
+        case_key: item key naming the case (falls back to the label's file name).
+        pooled: also add ``"pooled"`` scores per channel (counts over every pixel of every case) to the JSON.
+        prefix: file name prefix.
+        margin: voxels kept around the bounding box.
+        enabled: ``False`` turns it off (non-zero ranks).
+    """
+
+    def __init__(self, output_dir: str, class_names: Sequence[str], metrics: Sequence[str] = ("dice", "hd95"),
+                 case_key: str = "case", pooled: bool = False, prefix: str = "", margin: int = 2,
+                 enabled: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.metrics = tuple(metrics)
+        self.case_key = case_key
+        self.pooled = pooled
+        self.prefix = prefix
+        self.margin = margin
+        self.enabled = enabled
+        self.crop = not any(m in ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou") for m in self.metrics)
+        self.cases: list[dict] = []
+        self.counts = np.zeros((len(self.class_names), 4))
+        self.summary: dict | None = None
+
+    @property
+    def csv_path(self) -> Path:
+        return self.output_dir / f"{self.prefix}metrics.csv"
+
+    @property
+    def json_path(self) -> Path:
+        return self.output_dir / f"{self.prefix}summary.json"
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.cases = []
+        self.counts[:] = 0
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        outputs = output if isinstance(output, list) else [output]
+        batch = engine.state.batch  # the evaluator's output holds image/label/pred only; names stay in the batch
+        batch = batch if isinstance(batch, list) and len(batch) == len(outputs) else [{}] * len(outputs)
+        for item, source in zip(outputs, batch):
+            item = {**source, **item} if isinstance(source, dict) else item
+            pred = torch.as_tensor(item["pred"]).detach().cpu() > 0.5
+            label_t = item["label"]
+            spacing = tuple(float(s) for s in label_t.pixdim) if hasattr(label_t, "pixdim") else None
+            label = torch.as_tensor(label_t).detach().cpu() > 0.5
+            if self.pooled:
+                tp = (pred & label).flatten(1).sum(1)
+                fp = (pred & ~label).flatten(1).sum(1)
+                fn = (~pred & label).flatten(1).sum(1)
+                tn = label[0].numel() - tp - fp - fn
+                self.counts += torch.stack([tp, fp, tn, fn], 1).double().numpy()
+            if self.crop:
+                union = (pred | label).any(0)
+                if union.any():
+                    idx = torch.nonzero(union)
+                    lo = (idx.min(0).values - self.margin).clamp(min=0)
+                    hi = idx.max(0).values + self.margin + 1
+                    region = (slice(None),) + tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+                    pred, label = pred[region], label[region]
+                    # a crop that touches the border of the original keeps that border: no fake surface appears
+            self.cases.append({"case": _case_name(item, self.case_key, len(self.cases)), "pred": pred.clone(),
+                               "label": label.clone(), **({"spacing": spacing} if spacing else {})})
+
+    def _write(self, engine: Engine) -> None:
+        self.summary = segmentation_report(self.cases, self.class_names, self.csv_path, self.json_path,
+                                           metrics=self.metrics)
+        if self.pooled:
+            self.summary["pooled"] = {name: pooled_scores(*self.counts[c].tolist())
+                                      for c, name in enumerate(self.class_names)}
+            clean = _nan_to_none(self.summary)
+            write_json_atomic(self.json_path, clean)
+        self.cases = []
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
