@@ -22,7 +22,7 @@ from monai.bundle import ConfigParser
 
 from pipelines.data.volumes import list_volumes, volume_name
 
-__all__ = ["InferenceResult", "BundleInferer", "error_message", "infer_volumes", "load_weights"]
+__all__ = ["InferenceResult", "BundleInferer", "MirrorTTA", "error_message", "infer_volumes", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,28 @@ def load_weights(network: torch.nn.Module, path: str | Path, device: torch.devic
     target.load_state_dict(state)
 
 
+class MirrorTTA(torch.nn.Module):
+    """Test-time augmentation by mirroring: the mean of the network's outputs over every combination of flips of
+    ``axes`` (spatial axes, 0-based), each flipped back. ``axes=(0, 1, 2)`` runs the network 8 times per window."""
+
+    def __init__(self, network: torch.nn.Module, axes: tuple[int, ...] = (0, 1, 2)) -> None:
+        super().__init__()
+        self.network = network
+        self.axes = tuple(axes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import itertools
+
+        outputs = []
+        for r in range(len(self.axes) + 1):
+            for combo in itertools.combinations(self.axes, r):
+                dims = [a + 2 for a in combo]
+                flipped = x.flip(dims) if dims else x
+                y = self.network(flipped)
+                outputs.append(y.flip(dims) if dims else y)
+        return torch.stack(outputs).mean(0)
+
+
 class BundleInferer:
     """Build a bundle's inference pieces once and apply them to volumes one by one.
 
@@ -78,6 +100,9 @@ class BundleInferer:
         weights: weights file; defaults to the config's ``ckpt_path`` (``<bundle>/models/model.pt``).
         overrides: config values to override (``{"overlap": 0.25, "device": "cpu"}``...).
         config_file: another inference config inside the bundle.
+        precision: ``"auto"`` (the config's ``amp`` on CUDA, fp32 on a CPU), ``"fp32"``, ``"bf16"`` (autocast on the CPU
+            too, fast where the CPU has AMX/AVX-512 BF16) or ``"fp16"`` (CUDA only).
+        tta: average the outputs over mirrored inputs (:class:`MirrorTTA` on every spatial axis).
     """
 
     def __init__(
@@ -88,7 +113,11 @@ class BundleInferer:
         weights: str | Path | None = None,
         overrides: dict[str, Any] | None = None,
         config_file: str = "configs/inference.json",
+        precision: str = "auto",
+        tta: bool = False,
     ) -> None:
+        if precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
         self.bundle_dir = Path(bundle_dir).resolve()
         config = self.bundle_dir / config_file
         if not config.is_file():
@@ -105,6 +134,11 @@ class BundleInferer:
         self.network = self.parser.get_parsed_content("network")
         load_weights(self.network, weights or self.parser.get_parsed_content("ckpt_path"), self.device)
         self.network.eval()
+        if tta:
+            key = "network_def#spatial_dims"
+            dims = int(self.parser.get_parsed_content(key)) if key in self.parser else 3
+            self.network = MirrorTTA(self.network, tuple(range(dims))).eval()
+        self.precision = precision
         self.preprocessing = self.parser.get_parsed_content("preprocessing")
         self.inferer = self.parser.get_parsed_content("inferer")
         self.postprocessing = self.parser.get_parsed_content("postprocessing")
@@ -125,7 +159,13 @@ class BundleInferer:
         return self.output_dir / f"{volume_name(image)}{self.postfix}"
 
     def _autocast(self):
-        if self.amp and self.device.type == "cuda":
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision == "fp16":
+            if self.device.type != "cuda":
+                raise ValueError("fp16 inference needs a CUDA device; use bf16 on a CPU")
+            return torch.autocast("cuda", dtype=torch.float16)
+        if self.precision == "auto" and self.amp and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
@@ -169,6 +209,8 @@ def infer_volumes(
     weights: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     echo=print,
+    precision: str = "auto",
+    tta: bool = False,
 ) -> list[InferenceResult]:
     """Run a bundle on every volume in ``inputs`` (files, DICOM folders, or folders of volumes).
 
@@ -178,7 +220,7 @@ def infer_volumes(
     read becomes a failed result with its error, and the others still run. ``echo`` receives one progress line per
     volume.
     """
-    engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides)
+    engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides, precision=precision, tta=tta)
     volumes: list[dict] = []
     results: list[InferenceResult] = []
     for item in inputs:

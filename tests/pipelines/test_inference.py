@@ -109,3 +109,32 @@ def test_list_volumes(inputs, luna16_tiny):
     empty.mkdir(exist_ok=True)
     with pytest.raises(ValueError, match="no volumes found"):
         list_volumes(empty)
+
+
+def test_mirror_tta_is_the_mean_over_flips():
+    import torch
+
+    from pipelines.inference import MirrorTTA
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    x = torch.randn(1, 1, 6, 7, 8)
+    with torch.no_grad():
+        expected = (net(x) + net(x.flip(2)).flip(2)) / 2
+        assert torch.allclose(MirrorTTA(net, axes=(0,))(x), expected, atol=1e-6)
+        pointwise = torch.nn.Conv3d(1, 2, 1).eval()  # flip-equivariant: TTA changes nothing
+        assert torch.allclose(MirrorTTA(pointwise)(x), pointwise(x), atol=1e-6)
+
+
+def test_bf16_and_tta_inference_keep_geometry_and_agree_with_fp32(trained_lung_bundle, inputs, tmp_path):
+    results = {}
+    for name, kwargs in {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "tta": {"tta": True}}.items():
+        out = infer_volumes(trained_lung_bundle, [str(inputs["mhd"])], tmp_path / name, echo=lambda s: None, **kwargs)
+        assert out[0].ok, out[0].error
+        image = sitk.ReadImage(out[0].output)
+        assert _same_geometry(sitk.ReadImage(str(inputs["mhd"])), image)
+        results[name] = sitk.GetArrayFromImage(image)
+    agreement = np.mean(results["fp32"] == results["bf16"])
+    assert agreement > 0.99, f"bf16 changed {1 - agreement:.2%} of the voxels"
+    with pytest.raises(ValueError, match="precision must be"):
+        infer_volumes(trained_lung_bundle, [], tmp_path / "x", precision="fp8")
