@@ -1,7 +1,7 @@
 """``python -m pipelines <command>``: synthetic data, inference, the demo.
 
 Commands:
-    synth luna16|brats|isic-seg   write a synthetic data set in that data set's real layout
+    synth luna16|brats|isic-seg|isic-cls|image-folder   write a synthetic data set in that data set's real layout
     infer          run a bundle on NIfTI / MetaImage / NRRD files and DICOM series folders
     bench          every network against MONAI's UNet, BasicUNet, SegResNet, DenseNet121 (bench/results.md)
     demo           synthetic data -> train the lung bundle -> evaluate -> infer, in a few minutes on a CPU
@@ -38,6 +38,19 @@ def _synth(args: argparse.Namespace) -> int:
 
         images = write_isic_seg(args.out, cases=args.cases, seed=args.seed, hairs=not args.no_hairs)
         print(f"synth isic-seg: wrote {len(images)} images with masks to {args.out}")
+        return 0
+    if args.layout == "isic-cls":
+        from pipelines.synth.isic_cls import write_isic_cls
+
+        items = write_isic_cls(args.out, images=args.images, seed=args.seed, size=(args.width, args.height))
+        print(f"synth isic-cls: wrote {len(items)} images to {args.out}")
+        return 0
+    if args.layout == "image-folder":
+        from pipelines.synth.image_folder import write_image_folder
+
+        items = write_image_folder(args.out, preset=args.preset, images=args.images, seed=args.seed,
+                                   size=(args.width, args.height))
+        print(f"synth image-folder: wrote {len(items)} images ({args.preset}) to {args.out}")
         return 0
     raise AssertionError(args.layout)  # argparse restricts the choices
 
@@ -96,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write a small synthetic data set in a real data set's layout")
-    synth.add_argument("layout", choices=["luna16", "brats", "isic-seg"], help="which data set layout to write")
+    synth.add_argument("layout", choices=["luna16", "brats", "isic-seg", "isic-cls", "image-folder"], help="which data set layout to write")
     synth.add_argument("--out", required=True, help="folder to write the data set into")
     synth.add_argument("--cases", type=int, default=6, help="number of scans (default 6)")
     synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data")
@@ -106,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--naming", choices=["2021", "2023"], default="2021",
                        help="brats: 2018-2021 (<case>_t1ce.nii.gz, ET=4) or 2023 (<case>-t1c.nii.gz, ET=3) naming")
     synth.add_argument("--no-hairs", action="store_true", help="isic-seg: draw no hairs")
+    synth.add_argument("--images", type=int, default=200, help="isic-cls, image-folder: number of images (default 200)")
+    synth.add_argument("--width", type=int, default=64, help="isic-cls, image-folder: image width (default 64)")
+    synth.add_argument("--height", type=int, default=48, help="isic-cls, image-folder: image height (default 48)")
+    synth.add_argument("--preset", choices=["kvasir", "covid-ct"], default="kvasir",
+                       help="image-folder: which class-per-folder data set to imitate")
     synth.set_defaults(func=_synth)
 
     infer = sub.add_parser(
