@@ -42,7 +42,7 @@ from monai.transforms import (
 
 from pipelines.data.brats import CONVENTIONS, BraTSConvention
 from pipelines.io import atomic_path
-from pipelines.transforms.io import LoadVolumed
+from pipelines.transforms.io import LoadVolumed, first_path
 
 __all__ = [
     "labels_to_regions",
@@ -171,19 +171,13 @@ class SaveLikeReferenced(MapTransform):
         self.suffix = suffix
         self.dtype = dtype
 
-    @staticmethod
-    def _first(value):
-        while isinstance(value, (list, tuple)):
-            value = value[0]
-        return str(value)
-
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        reference = Path(self._first(d[self.reference_key]))
+        reference = Path(first_path(d[self.reference_key]))
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(reference))
         reader.ReadImageInformation()
-        name = self._first(d[self.name_key]) if self.name_key in d else reference.name.split(".")[0]
+        name = first_path(d[self.name_key]) if self.name_key in d else reference.name.split(".")[0]
         for key in self.key_iterator(d):
             array = torch.as_tensor(d[key]).detach().cpu().numpy()
             array = array[0] if array.ndim == reader.GetDimension() + 1 else array

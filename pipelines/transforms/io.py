@@ -6,7 +6,7 @@ from monai.transforms import LoadImaged
 
 from pipelines.io.readers import SimpleITKReader
 
-__all__ = ["LoadVolumed"]
+__all__ = ["LoadVolumed", "first_path"]
 
 
 class LoadVolumed(LoadImaged):
@@ -21,3 +21,10 @@ class LoadVolumed(LoadImaged):
     def __init__(self, keys, *args, image_only: bool = True, ensure_channel_first: bool = True, **kwargs) -> None:
         super().__init__(keys, None, *args, image_only=image_only, ensure_channel_first=ensure_channel_first, **kwargs)
         self.register(SimpleITKReader())
+
+
+def first_path(value) -> str:
+    """The first path of a data value: ``"a.nii"``, ``["a.nii", "b.nii"]`` or a collated ``[["a.nii"]]`` -> ``"a.nii"``."""
+    while isinstance(value, (list, tuple)):
+        value = value[0]
+    return str(value)

@@ -29,6 +29,7 @@ from monai.transforms import (
 from PIL import Image
 
 from pipelines.io import atomic_path
+from pipelines.transforms.io import first_path
 
 __all__ = ["isic_preprocessing", "isic_train_transforms", "isic_eval_transforms", "isic_infer_transforms",
            "SavePNGMaskd"]
@@ -90,21 +91,15 @@ class SavePNGMaskd(MapTransform):
         self.reference_key = reference_key
         self.threshold = threshold
 
-    @staticmethod
-    def _first(value):
-        while isinstance(value, (list, tuple)):
-            value = value[0]
-        return str(value)
-
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        name = self._first(d[self.name_key])
+        name = first_path(d[self.name_key])
         for key in self.key_iterator(d):
             mask = torch.as_tensor(d[key]).detach().cpu().numpy()
             mask = (mask[0] if mask.ndim == 3 else mask) > self.threshold
             mask = np.ascontiguousarray(mask.T)  # (W, H) -> rows x columns
             if self.reference_key and self.reference_key in d:
-                source = self._first(d[self.reference_key])
+                source = first_path(d[self.reference_key])
                 with Image.open(source) as image:
                     if image.size != (mask.shape[1], mask.shape[0]):
                         raise ValueError(f"{source}: mask of {mask.shape[1]}x{mask.shape[0]} pixels does not match the "
