@@ -1,6 +1,25 @@
-"""Ignite handlers and engine helpers on ``monai.engines``: TensorBoard slices, learning rate, resume, summaries."""
+"""Ignite handlers and engine helpers on ``monai.engines``: TensorBoard slices, learning rate, resume, summaries,
+and GAN super-resolution training (:mod:`pipelines.engines.gan`)."""
 
 from .checkpoint import ResumableCheckpoint
-from .handlers import LearningRateLogger, TensorBoardSlices, TrainingSummary
+from .gan import (
+    SuperResolutionEvaluator,
+    SuperResolutionPrepareBatch,
+    SuperResolutionTrainer,
+    load_generator_weights,
+    super_resolution_metrics,
+)
+from .handlers import LearningRateLogger, TensorBoardSlices, TensorBoardTriplets, TrainingSummary
 
-__all__ = ["LearningRateLogger", "ResumableCheckpoint", "TensorBoardSlices", "TrainingSummary"]
+__all__ = [
+    "LearningRateLogger",
+    "ResumableCheckpoint",
+    "SuperResolutionEvaluator",
+    "SuperResolutionPrepareBatch",
+    "SuperResolutionTrainer",
+    "TensorBoardSlices",
+    "TensorBoardTriplets",
+    "TrainingSummary",
+    "load_generator_weights",
+    "super_resolution_metrics",
+]

@@ -1,7 +1,8 @@
 """Handlers that MONAI lacks: image slices in TensorBoard, the learning rate, and a JSON summary of a run.
 
 MONAI's ``TensorBoardImageHandler`` writes a 3D volume as an animated GIF of its last axis and cannot put the CT,
-the label and the prediction side by side; ``TensorBoardStatsHandler`` does not log the learning rate.
+the label and the prediction side by side (nor LR | SR | HR for super-resolution, where the images differ in size);
+``TensorBoardStatsHandler`` does not log the learning rate.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ignite.engine import Engine, Events
 
 from pipelines.io import write_json_atomic
 
-__all__ = ["TensorBoardSlices", "LearningRateLogger", "TrainingSummary", "overlay_panels"]
+__all__ = ["TensorBoardSlices", "TensorBoardTriplets", "LearningRateLogger", "TrainingSummary", "overlay_panels",
+           "triplet_panel"]
 
 
 def _first_item(output: Any) -> dict | None:
@@ -90,6 +92,115 @@ class TensorBoardSlices:
         # RAS arrays are (x, y): transpose and flip so that anterior is up, as radiologists view axial slices
         image, label, pred = (np.flipud(a.T).copy() if a is not None else None for a in (image, label, pred))
         self._panel = overlay_panels(image, label, pred)
+
+    def _write(self, engine: Engine) -> None:
+        if self._panel is not None:
+            self.writer.add_image(self.tag, self._panel, engine.state.epoch, dataformats="CHW")
+            self.writer.flush()
+
+
+def triplet_panel(
+    lr: torch.Tensor,
+    sr: torch.Tensor,
+    hr: torch.Tensor,
+    slice_axis: int = 0,
+    value_range: tuple[float, float] | None = (0.0, 1.0),
+    channel: int = 0,
+) -> np.ndarray:
+    """LR | SR | HR side by side as one ``(3, H, 3W)`` RGB float image in [0, 1].
+
+    ``lr``, ``sr`` and ``hr`` are channel-first ``(C, *spatial)`` images of one item; ``lr`` is up-sampled to the HR
+    size by nearest neighbour so its pixels show as blocks. Three channels are shown in colour, otherwise
+    ``channel`` in grey. For 3D the middle slice across spatial axis ``slice_axis`` is taken (default 0, the first
+    in-plane axis, so the shown plane contains the last axis, the slice axis that slice-axis super-resolution
+    up-samples), transposed so that the last axis runs vertically, upwards. All three panels share ``value_range``
+    (``None``: the HR image's 0.5-99.5 percentile window).
+    """
+    hr = torch.as_tensor(hr).detach().float().cpu()
+    sr = torch.as_tensor(sr).detach().float().cpu()
+    lr = torch.as_tensor(lr).detach().float().cpu()
+    size = tuple(hr.shape[1:])
+    if tuple(sr.shape[1:]) != size:
+        raise ValueError(f"SR shape {tuple(sr.shape)} differs from HR shape {tuple(hr.shape)}.")
+    lr = torch.nn.functional.interpolate(lr[None], size=size, mode="nearest")[0]
+    panels = []
+    for image in (lr, sr, hr):
+        image = image.numpy()
+        image = image if image.shape[0] == 3 else image[channel : channel + 1]
+        if image.ndim == 4:  # (C, H, W, D): middle plane across `slice_axis`, last axis upwards
+            image = np.take(image, image.shape[1 + slice_axis] // 2, axis=1 + slice_axis)
+            image = np.flip(np.swapaxes(image, 1, 2), axis=1)
+        panels.append(image)
+    if value_range is None:
+        lo, hi = np.percentile(panels[2], (0.5, 99.5))
+    else:
+        lo, hi = value_range
+    panel = np.concatenate(panels, axis=2)
+    panel = np.clip((panel - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    if panel.shape[0] == 1:
+        panel = np.repeat(panel, 3, axis=0)
+    return np.ascontiguousarray(panel, dtype=np.float32)
+
+
+class TensorBoardTriplets:
+    """Write LR (nearest up-sampled) | SR | HR of the first item of each epoch as one TensorBoard image.
+
+    For 3D data the shown plane contains the slice axis (see :func:`triplet_panel`), so the gain in slice-axis
+    resolution is visible. Attach to the super-resolution evaluator (its output keys ``"image"``, ``"pred"``,
+    ``"label"``, the defaults) or to the trainer with ``lr_key="lr", hr_key="hr"``. The step is the engine's epoch
+    (the trainer's epoch when run by ``ValidationHandler``). Rank zero only through the writer passed in
+    (:func:`pipelines.engines.tensorboard.rank_zero_summary_writer`).
+
+    Args:
+        summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.
+        tag: TensorBoard tag.
+        lr_key, sr_key, hr_key: keys of the (decollated) engine output.
+        slice_axis: for 3D, the spatial axis cut at its middle.
+        value_range: display window shared by the three panels; ``None`` for the HR percentile window.
+        channel: channel shown when the images do not have 3 channels.
+    """
+
+    def __init__(
+        self,
+        summary_writer,
+        tag: str = "val/lr_sr_hr",
+        lr_key: str = "image",
+        sr_key: str = "pred",
+        hr_key: str = "label",
+        slice_axis: int = 0,
+        value_range: tuple[float, float] | None = (0.0, 1.0),
+        channel: int = 0,
+    ) -> None:
+        self.writer = summary_writer
+        self.tag = tag
+        self.keys = (lr_key, sr_key, hr_key)
+        self.slice_axis = slice_axis
+        self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
+        self.channel = channel
+        self._panel: np.ndarray | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._capture)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._panel = None
+
+    def _capture(self, engine: Engine) -> None:
+        if self._panel is not None:
+            return
+        output = engine.state.output
+        if isinstance(output, dict):  # not decollated: take the first item of the batch
+            if not all(k in output for k in self.keys):
+                return
+            lr, sr, hr = (output[k][0] for k in self.keys)
+        else:
+            item = _first_item(output)
+            if item is None or not all(k in item for k in self.keys):
+                return
+            lr, sr, hr = (item[k] for k in self.keys)
+        self._panel = triplet_panel(lr, sr, hr, self.slice_axis, self.value_range, self.channel)
 
     def _write(self, engine: Engine) -> None:
         if self._panel is not None:
