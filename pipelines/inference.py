@@ -5,6 +5,12 @@ This runs the pieces of a bundle's ``configs/inference.json`` (``network_def``, 
 rest. The output overlays its input exactly: same shape, spacing, origin and direction, because ``postprocessing``
 inverts every preprocessing step (``Invertd``) before writing. Files are written to a temporary name and renamed,
 so an interrupted run never leaves a partial result.
+
+Bad inputs, each one failed result naming its file while the other inputs still run (``python -m pipelines infer``
+exits 1): unreadable or truncated files, a 4D file (or 2D) where the network is 3D (or 3D where it is 2D), a wrong
+channel count (RGB for a grey network, grey for an RGB one, from the header), and NaN or Inf intensities (an error,
+not a warning: they propagate through the network and silently give an empty or meaningless mask). An output
+folder that cannot be written is one error before any input is read (``ValueError``; the CLI exits 2).
 """
 
 from __future__ import annotations
@@ -17,10 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 
+from pipelines.data.preflight import ensure_writable, read_voxels
 from pipelines.data.volumes import list_volumes, volume_name
+from pipelines.io import read_image_information
+
+_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
 
 __all__ = ["InferenceResult", "BundleInferer", "MirrorTTA", "error_message", "infer_volumes", "load_weights"]
 
@@ -123,7 +135,7 @@ class BundleInferer:
         if not config.is_file():
             raise FileNotFoundError(f"{config}: bundle inference config not found")
         self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable(self.output_dir, what="predictions")
         self.parser = ConfigParser()
         self.parser.read_config(str(config))
         self.parser.update(
@@ -132,6 +144,8 @@ class BundleInferer:
         self.parser.update(dict(overrides or {}))
         self.device = torch.device(self.parser.get_parsed_content("device"))
         self.network = self.parser.get_parsed_content("network")
+        self._spatial_dims = self._config_int("network_def#spatial_dims")
+        self._in_channels = self._config_int("network_def#in_channels")
         load_weights(self.network, weights or self.parser.get_parsed_content("ckpt_path"), self.device)
         self.network.eval()
         if tta:
@@ -147,6 +161,46 @@ class BundleInferer:
         self.postfix = self._save_postfix()
         self._list_inputs = (self.parser.get_parsed_content("list_inputs") if "list_inputs" in self.parser
                              else list_volumes)
+
+    def _config_int(self, key: str) -> int | None:
+        try:
+            return int(self.parser.get_parsed_content(key)) if key in self.parser else None
+        except (TypeError, ValueError):
+            return None
+
+    def _check_input(self, item: dict) -> None:
+        """Header checks (no voxels read): spatial dimensions and channels against the network's.
+
+        ``ValueError`` naming the file. DICOM folders and files SimpleITK cannot read are left to the reader."""
+        files = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
+        channels = 0
+        for name in files:
+            path = Path(str(name))
+            if path.is_dir():
+                return
+            try:
+                info = read_image_information(path)
+            except ValueError:
+                if not path.exists():
+                    raise
+                return  # a format SimpleITK does not know: the bundle's reader decides
+            if self._spatial_dims is not None and info.GetDimension() != self._spatial_dims:
+                hint = " (a time series or several volumes in one file? pass one volume)" \
+                    if info.GetDimension() > self._spatial_dims else ""
+                raise ValueError(f"{path}: {info.GetDimension()}D image, this bundle's network takes "
+                                 f"{self._spatial_dims}D input{hint}")
+            channels += info.GetNumberOfComponents()
+            if info.GetPixelID() in _FLOAT_TYPES:  # integer files cannot hold NaN / Inf: read floating-point ones only
+                array = read_voxels(path)
+                if not np.isfinite(array).all():
+                    raise ValueError(f"{path}: the image holds {int(np.isnan(array).sum())} NaN and "
+                                     f"{int(np.isinf(array).sum())} Inf value(s); they would make the prediction "
+                                     "meaningless, so fix or replace them (e.g. with the background value)")
+        if self._in_channels is not None and channels != self._in_channels:
+            kinds = {1: "grey", 3: "RGB", 4: "RGBA"}
+            what = f"{channels} channel(s)" + (f" ({kinds[channels]})" if channels in kinds else "")
+            raise ValueError(f"{_source(item)}: {what}, this bundle's network takes {self._in_channels}"
+                             + (f" ({kinds[self._in_channels]})" if self._in_channels in kinds else ""))
 
     def _save_postfix(self) -> str:
         for t in getattr(self.postprocessing, "transforms", []):
@@ -181,7 +235,13 @@ class BundleInferer:
         source = _source(item)
         out = self.output_path(item["image"] if isinstance(item["image"], (str, Path)) else source)
         try:
+            self._check_input(item)
             data = self.preprocessing(item)
+            image = data["image"]
+            if torch.is_tensor(image) and image.is_floating_point() and not torch.isfinite(image).all():
+                nan, inf = int(torch.isnan(image).sum()), int(torch.isinf(image).sum())
+                raise ValueError(f"{source}: the image holds {nan} NaN and {inf} Inf value(s); they would make the "
+                                 "prediction meaningless, so fix or replace them (e.g. with the background value)")
             with torch.inference_mode(), self._autocast():
                 batch = data["image"].unsqueeze(0).to(self.device)
                 data["pred"] = self.inferer(batch, self.network)[0].float()

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from pipelines.data.preflight import geometry, grid_differences
 from pipelines.data.splits import split_by_hash
 from pipelines.io import read_image_information
 
@@ -56,6 +57,7 @@ __all__ = [
     "brats_datalist",
     "check_grids",
     "check_label_values",
+    "label_values",
 ]
 
 #: network input channels, in order
@@ -149,28 +151,14 @@ def _geometry(path: Path) -> dict:
     info = read_image_information(path)
     if info.GetDimension() != 3:
         raise ValueError(f"{path}: expected a 3D volume, got {info.GetDimension()} dimensions")
-    return {
-        "size": tuple(info.GetSize()),
-        "spacing": np.asarray(info.GetSpacing()),
-        "origin": np.asarray(info.GetOrigin()),
-        "direction": np.asarray(info.GetDirection()),
-    }
+    return geometry(info)
 
 
 def check_grids(case: str, files: list[Path], *, atol_mm: float = 1e-3, atol_dir: float = 1e-4) -> None:
     """Raise ``ValueError`` unless every file in ``files`` has the size, spacing, origin and direction of the first."""
     reference = _geometry(files[0])
     for path in files[1:]:
-        other = _geometry(path)
-        problems = []
-        if other["size"] != reference["size"]:
-            problems.append(f"size {list(other['size'])} != {list(reference['size'])}")
-        if not np.allclose(other["spacing"], reference["spacing"], atol=atol_mm):
-            problems.append(f"spacing {other['spacing'].round(4).tolist()} != {reference['spacing'].round(4).tolist()}")
-        if not np.allclose(other["origin"], reference["origin"], atol=atol_mm):
-            problems.append(f"origin {other['origin'].round(3).tolist()} != {reference['origin'].round(3).tolist()}")
-        if not np.allclose(other["direction"], reference["direction"], atol=atol_dir):
-            problems.append("direction differs")
+        problems = grid_differences(reference, _geometry(path), atol_mm=atol_mm, atol_dir=atol_dir)
         if problems:
             raise ValueError(
                 f"case {case}: {path} is not on the grid of {files[0].name} ({'; '.join(problems)}); "
@@ -207,12 +195,14 @@ def brats_case(
     require_label: bool = True,
     check_labels: bool = True,
     check_geometry: bool = True,
+    validate: bool = True,
 ) -> dict:
     """Validate one case folder and return its datalist item.
 
     The item is ``{"image": [T1c, T1, T2, FLAIR paths], "label": seg path (when present), "case": folder name,
     "convention": "2021" | "2023", "reference": the T1c path}``. ``reference`` is the file whose geometry an
-    inference output copies.
+    inference output copies. ``validate=False`` checks nothing and raises for nothing: a missing file is listed
+    at the path the naming convention gives it, for :func:`pipelines.data.preflight.check_datalist` to report.
     """
     case_dir = Path(case_dir)
     case = case_dir.name
@@ -223,6 +213,8 @@ def brats_case(
     images: list[Path] = []
     for channel, tag in zip(CHANNELS, conv.modalities):
         path = _find_file(case_dir, f"{case}{conv.separator}{tag}")
+        if path is None and not validate:
+            path = case_dir / conv.filename(case, tag)
         if path is None:
             raise ValueError(
                 f"case {case}: missing modality {channel}: {case_dir / conv.filename(case, tag)} not found "
@@ -230,11 +222,13 @@ def brats_case(
             )
         images.append(path)
     label = _find_file(case_dir, f"{case}{conv.separator}{conv.label}")
+    if label is None and require_label and not validate:
+        label = case_dir / conv.filename(case, conv.label)
     if label is None and require_label:
         raise ValueError(f"case {case}: label {case_dir / conv.filename(case, conv.label)} not found")
-    if check_geometry:
+    if check_geometry and validate:
         check_grids(case, images + ([label] if label is not None else []))
-    if label is not None and check_labels:
+    if label is not None and check_labels and validate:
         check_label_values(case, label, conv)
     item = {"image": [str(p) for p in images], "case": case, "convention": name, "reference": str(images[0])}
     if label is not None:
@@ -258,18 +252,27 @@ def brats_datalist(
     val_fraction: float = 0.2,
     seed: int = 0,
     check_labels: bool = True,
+    validate: bool = True,
 ) -> dict[str, list[dict]]:
     """Validate a BraTS folder and return an MSD-style datalist ``{"training": [...], "validation": [...]}``.
 
     Items are those of :func:`brats_case` (with a label). The convention is detected per case and must be the same
     for the whole data set. The split is by a hash of the case name and ``seed``. ``check_labels`` reads every label
     map to check its values (a few seconds per hundred cases); turn it off for speed once a data set is known good.
+    ``validate=False`` lists the cases without opening a file (see :func:`brats_case`); the training bundle then
+    checks them all at once with :func:`pipelines.data.preflight.check_datalist` and :func:`label_values`, so one
+    bad case is reported with every other one (or skipped) instead of stopping at the first.
     """
     root = Path(root)
-    items = [brats_case(c, check_labels=check_labels) for c in find_cases(root)]
+    items = [brats_case(c, check_labels=check_labels, validate=validate) for c in find_cases(root)]
     _one_convention(root, items)
     training, validation = split_by_hash(items, key="case", val_fraction=val_fraction, seed=seed)
     return {"training": training, "validation": validation}
+
+
+def label_values(item: dict) -> tuple[int, ...]:
+    """The label values the convention of datalist ``item`` allows (``label_values`` of the preflight check)."""
+    return CONVENTIONS[item["convention"]].labels
 
 
 def brats_cases(root: str | os.PathLike) -> list[dict]:

@@ -71,12 +71,15 @@ def isic_seg_datalist(
     seed: int = 0,
     split: str = "Training",
     check_images: bool = True,
+    validate: bool = True,
 ) -> dict[str, list[dict]]:
     """Validate an ISIC 2018 Task 1 folder and return ``{"training": [...], "validation": [...]}``.
 
     Items are ``{"image": jpg path, "label": mask path, "name": "ISIC_<id>", "source": jpg path}``. The split is by a
     hash of the image id and ``seed``. ``check_images`` decodes every image and mask once and compares their sizes
-    (a few ms per image); turn it off for speed once a data set is known good.
+    (a few ms per image); turn it off for speed once a data set is known good. ``validate=False`` opens no file and
+    raises for no missing mask (an image without one is listed with the mask path it should have): the training
+    bundle checks every item at once with :func:`pipelines.data.preflight.check_datalist` instead.
     """
     images_root, masks_root = input_dir(root, split), mask_dir(root, split)
     for folder in (images_root, masks_root):
@@ -87,15 +90,15 @@ def isic_seg_datalist(
         raise ValueError(f"{images_root}: no images found (expected ISIC_<id>.jpg)")
     ids = {p.stem for p in images}
     orphans = sorted(p for p in masks_root.glob(f"*{MASK_SUFFIX}") if p.name[: -len(MASK_SUFFIX)] not in ids)
-    if orphans:
+    if orphans and validate:
         raise ValueError(f"{orphans[0]}: mask without an image ({images_root / (orphans[0].name[:-len(MASK_SUFFIX)])}"
                          f".jpg not found; {len(orphans)} such mask(s))")
     items = []
     for path in images:
         mask = masks_root / mask_name(path.stem)
-        if not mask.is_file():
+        if not mask.is_file() and validate:
             raise ValueError(f"{path}: image without a mask ({mask} not found)")
-        if check_images:
+        if check_images and validate:
             size, mask_size = image_size(path), image_size(mask)
             if size != mask_size:
                 raise ValueError(f"{mask}: mask is {mask_size[0]}x{mask_size[1]} pixels but its image {path.name} "

@@ -112,6 +112,7 @@ def isic2018_datalist(
     seed: int = 123,
     verify: bool = True,
     strict: bool = True,
+    validate: bool = True,
 ) -> dict:
     """Validate an ISIC 2018 Task 3 folder and return ``{"classes", "training", "validation", "test"}``.
 
@@ -123,6 +124,9 @@ def isic2018_datalist(
         seed: seed of the stratified split (123, as the reference code).
         verify: check every image with PIL's ``verify()`` first.
         strict: raise (default) rather than warn when a class has no image in a split.
+        validate: ``False`` opens no image and lists an image missing from the folder at its expected ``.jpg`` path
+            (no ``verify``): the training bundle checks every item at once with
+            :func:`pipelines.data.preflight.check_datalist` instead.
     """
     root = Path(root)
     if not root.is_dir():
@@ -136,10 +140,12 @@ def isic2018_datalist(
     items = []
     for image, label, line in rows:
         path = on_disk.get(image)
+        if path is None and not validate:
+            path = image_dir / f"{image}.jpg"
         if path is None:
             raise ValueError(f"{csv_path}, line {line}: image {image} is not in {image_dir} "
                              f"(expected {image_dir / (image + '.jpg')})")
-        if verify:
+        if verify and validate:
             verify_image(path)
         items.append({"image": str(path.resolve()), "label": label, "id": image})
     unlisted = len(on_disk) - len(items)

@@ -180,6 +180,13 @@ def write_nodule_mask(scan: Path, nodules: list[Nodule], out: Path) -> Path:
     return out
 
 
+def _scan_readable(scan: Path) -> bool:
+    try:
+        return read_image_information(scan).GetDimension() == 3
+    except ValueError:
+        return False
+
+
 def luna16_datalist(
     root: str | os.PathLike,
     cache_dir: str | os.PathLike,
@@ -187,12 +194,16 @@ def luna16_datalist(
     val_fraction: float = 0.2,
     seed: int = 0,
     annotated_only: bool = False,
+    validate: bool = True,
 ) -> dict[str, list[dict]]:
     """Validate a LUNA16 folder and return an MSD-style datalist ``{"training": [...], "validation": [...]}``.
 
     Each item is ``{"image": <scan .mhd>, "label": <nodule mask .mha>, "seriesuid": ..., "nodules": n}`` plus
     ``"lung"`` when ``seg-lungs-LUNA16/<seriesuid>.mhd`` exists. The split is by a hash of the seriesuid and ``seed``:
     deterministic, and stable when scans are added. ``annotated_only`` drops scans without nodules.
+    ``validate=False``: a scan whose header cannot be read (truncated ``.raw``, not 3D...) is listed anyway, its
+    mask not written, for :func:`pipelines.data.preflight.check_datalist` to report with every other bad input
+    (annotation errors still raise: they concern the CSV, not one input).
     """
     root = Path(root)
     scans = find_scans(root)
@@ -210,9 +221,12 @@ def luna16_datalist(
         nodules = annotations.get(uid, [])
         if annotated_only and not nodules:
             continue
+        label = mask_dir / f"{uid}.mha"
+        if validate or _scan_readable(scan):
+            label = write_nodule_mask(scan, nodules, label)
         item = {
             "image": str(scan),
-            "label": str(write_nodule_mask(scan, nodules, mask_dir / f"{uid}.mha")),
+            "label": str(label),
             "seriesuid": uid,
             "nodules": len(nodules),
         }

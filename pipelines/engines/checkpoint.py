@@ -4,6 +4,19 @@ MONAI's ``CheckpointSaver`` names files by epoch and ``CheckpointLoader`` needs 
 so "start again with the same command and carry on" needs glue that upstream does not have. This handler keeps
 everything needed to continue (network, optimiser, scheduler, grad scaler, the trainer's epoch and iteration, the
 evaluator's best metric, and the best-model saver's record so a worse epoch cannot overwrite ``model.pt``).
+
+Interrupted runs (SIGKILL, SIGTERM, power loss), the policy:
+
+- ``checkpoint.pt`` is written to a temporary ``.checkpoint.pt.partial-*`` file and renamed, so a kill during a
+  write leaves the previous checkpoint intact plus, at worst (SIGKILL skips the clean-up), that temporary file. At
+  start the saving process deletes such leftovers (logged) and resumes from ``checkpoint.pt``; a leftover is never
+  read.
+- A ``checkpoint.pt`` that cannot be loaded (corrupt, truncated by something other than this handler, or from
+  another network) stops training at start with a ``ValueError`` naming the file and saying to delete or move it to
+  start afresh. It is not moved aside automatically: silently restarting would throw away the record of the best
+  metric and let a worse epoch overwrite ``model.pt``; the user decides.
+- Only rank 0 saves under ``torch.distributed`` (whatever ``enabled`` says); every rank loads, so all continue from
+  the same state.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
@@ -32,7 +46,10 @@ class ResumableCheckpoint:
         ckpt_dir: folder of the checkpoint.
         save_dict: objects with ``state_dict``/``load_state_dict``: ``{"network": ..., "optimizer": ...,
             "lr_scheduler": ...}``. The engine it is attached to (its epoch and iteration) and, when AMP is on, the
-            engine's grad scaler are added, so a bundle config needs no reference back to its own trainer.
+            engine's grad scaler are added, so a bundle config needs no reference back to its own trainer. An
+            engine with a ``checkpoint_objects()`` method (e.g. ``SuperResolutionTrainer``: both networks, both
+            optimisers, schedulers and scalers) adds those too, so ``save_dict`` may then be left out; entries of
+            ``save_dict`` win over the engine's on a name clash.
         evaluator: the validation evaluator; its best metric and epoch are kept.
         best_saver: the evaluator's ``CheckpointSaver(save_key_metric=True)``; its record of the best score is kept.
         filename: checkpoint file name.
@@ -43,7 +60,7 @@ class ResumableCheckpoint:
     def __init__(
         self,
         ckpt_dir: str,
-        save_dict: dict[str, Any],
+        save_dict: dict[str, Any] | None = None,
         evaluator: Engine | None = None,
         best_saver: Any = None,
         filename: str = "checkpoint.pt",
@@ -51,7 +68,7 @@ class ResumableCheckpoint:
         enabled: bool = True,
     ) -> None:
         self.path = Path(ckpt_dir) / filename
-        self.save_dict = dict(save_dict)
+        self.save_dict = dict(save_dict or {})
         self.evaluator = evaluator
         self.best_saver = best_saver
         self.interval = interval
@@ -62,11 +79,25 @@ class ResumableCheckpoint:
         if self.enabled:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
 
+    def _saves(self) -> bool:
+        return self.enabled and idist.get_rank() == 0
+
+    def _remove_leftovers(self) -> None:
+        """Delete temporary files of a write that was killed before its rename (see the module's policy)."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.partial-*"):
+            logger.warning("removing %s, left by an interrupted checkpoint write", leftover)
+            leftover.unlink(missing_ok=True)
+
     def _objects(self, engine: Engine) -> dict[str, Any]:
         objects = {k: self._unwrap(v) for k, v in self.save_dict.items() if v is not None}
         objects.setdefault("trainer", engine)
         if getattr(engine, "scaler", None) is not None:
             objects.setdefault("scaler", engine.scaler)
+        engine_objects = getattr(engine, "checkpoint_objects", None)
+        if callable(engine_objects):
+            for name, obj in engine_objects().items():
+                if obj is not None:
+                    objects.setdefault(name, self._unwrap(obj))
         return objects
 
     @staticmethod
@@ -74,6 +105,8 @@ class ResumableCheckpoint:
         return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
 
     def save(self, engine: Engine) -> None:
+        if not self._saves():
+            return
         state = {name: obj.state_dict() for name, obj in self._objects(engine).items()}
         if self.evaluator is not None:
             state["evaluator_best"] = {
@@ -87,12 +120,26 @@ class ResumableCheckpoint:
             torch.save(state, tmp)
 
     def load(self, engine: Engine) -> None:
-        if not self.path.exists() or engine.state.epoch > 0:
+        if engine.state.epoch > 0:
             return
-        checkpoint = torch.load(self.path, map_location="cpu", weights_only=False)
+        if self._saves():
+            self._remove_leftovers()
+        if not self.path.exists():
+            return
         max_epochs = engine.state.max_epochs
-        objects = {k: v for k, v in self._objects(engine).items() if k in checkpoint}
-        Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
+        try:
+            checkpoint = torch.load(self.path, map_location="cpu", weights_only=False)
+            if not isinstance(checkpoint, dict) or "trainer" not in checkpoint:
+                raise ValueError("not a checkpoint of this handler (no trainer state)")
+            objects = {k: v for k, v in self._objects(engine).items() if k in checkpoint}
+            Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
+        except Exception as e:  # noqa: BLE001 - any failure here means the file cannot be resumed from
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            reason = f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+            raise ValueError(
+                f"{self.path}: cannot resume from this checkpoint ({reason}); delete or move it away to start "
+                "training afresh (model.pt, the best weights so far, is kept)"
+            ) from e
         engine.state.max_epochs = max_epochs  # the command line may ask for more epochs than the first run did
         if self.evaluator is not None and "evaluator_best" in checkpoint:
             self.evaluator.state.best_metric = checkpoint["evaluator_best"]["best_metric"]

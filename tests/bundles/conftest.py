@@ -85,3 +85,27 @@ def tiny_isic_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_isic_bundle(tiny_isic_bundle, isic_tiny) -> Path:
     return _train(tiny_isic_bundle, isic_tiny[0])
+
+
+HEMF_BUNDLE = REPO / "bundles" / "isic_skin_hemf_classification"
+
+# the smallest HEMF that still has every block: 4 stages, one ELF and one retention layer each, 32 x 32 inputs
+TINY_HEMF = {"widths": [16, 32, 64, 128], "elf_depths": 1, "egf_depths": 1, "num_heads": 2, "image_size": 32,
+             "resize_size": 36, "num_workers": 0, "batch_size": 8, "cache_rate": 1.0}
+TINY_HEMF_TRAIN = {"max_epochs": 1}
+
+
+@pytest.fixture(scope="session")
+def isic_cls_tiny(tmp_path_factory) -> tuple[Path, list]:
+    """84 synthetic ISIC 2018 Task 3 images of 40 x 32 with the real imbalance (every class 6 or more)."""
+    from pipelines.synth.isic_cls import write_isic_cls
+
+    root = tmp_path_factory.mktemp("isic_cls_tiny")
+    return root, write_isic_cls(root, images=84, size=(40, 32), seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_hemf_bundle(tmp_path_factory) -> Path:
+    from pipelines.bundle import derive_bundle
+
+    return derive_bundle(HEMF_BUNDLE, tmp_path_factory.mktemp("bundles") / "hemf", TINY_HEMF, TINY_HEMF_TRAIN)

@@ -16,31 +16,16 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from tests.bundles.conftest import HEMF_BUNDLE, TINY_HEMF, TINY_HEMF_TRAIN  # noqa: F401
 from tests.conftest import REPO
 
-HEMF_BUNDLE = REPO / "bundles" / "isic_skin_hemf_classification"
 SCHEMAS = REPO.parent / "shared" / "schemas"
 
-# the smallest HEMF that still has every block: 4 stages, one ELF and one retention layer each, 32 x 32 inputs
-TINY_HEMF = {"widths": [16, 32, 64, 128], "elf_depths": 1, "egf_depths": 1, "num_heads": 2, "image_size": 32,
-             "resize_size": 36, "num_workers": 0, "batch_size": 8, "cache_rate": 1.0}
-TINY_HEMF_TRAIN = {"max_epochs": 1}
-
 
 @pytest.fixture(scope="module")
-def isic_tiny(tmp_path_factory) -> tuple[Path, list]:
+def isic_tiny(isic_cls_tiny) -> tuple[Path, list]:
     """84 synthetic ISIC images of 40 x 32 with the real imbalance (every class 6 or more)."""
-    from pipelines.synth.isic_cls import write_isic_cls
-
-    root = tmp_path_factory.mktemp("isic_tiny")
-    return root, write_isic_cls(root, images=84, size=(40, 32), seed=2)
-
-
-@pytest.fixture(scope="module")
-def tiny_hemf_bundle(tmp_path_factory) -> Path:
-    from pipelines.bundle import derive_bundle
-
-    return derive_bundle(HEMF_BUNDLE, tmp_path_factory.mktemp("bundles") / "hemf", TINY_HEMF, TINY_HEMF_TRAIN)
+    return isic_cls_tiny
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,388 @@
+"""Check a training datalist before the first epoch: every bad input reported at once, not one crash in epoch 37.
+
+:func:`check_datalist` reads the *headers* of every file an item names (SimpleITK, through
+:func:`pipelines.io.read_image_information`) and reads arrays only where a header cannot answer:
+
+======================================  ===========================================  ================================
+input                                   how it is found                              what happens
+======================================  ===========================================  ================================
+a path that does not exist              ``Path.exists``                              problem
+unreadable / corrupt file               SimpleITK header read fails                  problem
+truncated MetaImage ``.raw``            data file shorter than the header needs      problem
+truncated NIfTI (``.nii``/``.nii.gz``)  file size (``.nii``) or the gzip trailer's   problem
+                                        length (``.nii.gz``) vs. the header's
+4D (or 2D) where 3D is expected         header dimension (``expect_dims``)           problem
+wrong channel count (RGB vs grey...)    header components (``expect_channels``)      problem
+image and label on different grids      header size, spacing, origin, direction      problem
+NaN / Inf intensities                   array read, **floating-point files only**    problem (``check_finite``)
+                                        (an integer file cannot hold them)
+label value outside the convention      array read of the label (``label_values``)   problem
+empty label map (all background)        same read                                    **warning, item kept**
+======================================  ===========================================  ================================
+
+Empty label maps are kept on purpose: scans without a lesion are legitimate negatives (most LUNA16 scans have no
+nodule, some ISIC or BraTS crops have none), and dropping them would bias training. They are logged as one warning.
+
+Policies: ``"fail"`` (default) raises one ``ValueError`` listing every problem, one line each, each naming its file,
+before any training starts. ``"skip"`` drops the items with a problem, logs one line each and (with ``output_dir``)
+writes the lines to ``<output_dir>/skipped_inputs.txt`` atomically (rewritten on every run, empty when nothing was
+skipped, so it never describes an older run). A split left empty by skipping is an error under both policies.
+
+Cost: header reads are milliseconds per file. The finite check reads floating-point arrays only (LUNA16 CT is
+int16, ISIC images are 8-bit: nothing is read); the label check reads label maps, which are small. Both can be
+turned off (``check_finite=False``, ``label_values=None``) for a data set known to be good.
+
+:func:`ensure_writable` checks at start that the output folders can be written, rather than failing at the end of
+the first epoch when the first checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipelines.io import read_image_information, write_text_atomic
+
+__all__ = [
+    "POLICIES",
+    "SKIPPED_FILE",
+    "check_datalist",
+    "preflight_datalist",
+    "grid_differences",
+    "geometry",
+    "ensure_writable",
+    "nifti_size_problem",
+    "read_voxels",
+]
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("fail", "skip")
+SKIPPED_FILE = "skipped_inputs.txt"
+
+_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
+
+
+def geometry(info: Any) -> dict:
+    """Size, spacing, origin and direction from a ``sitk.ImageFileReader`` (header loaded) or a ``sitk.Image``."""
+    return {
+        "size": tuple(info.GetSize()),
+        "spacing": np.asarray(info.GetSpacing()),
+        "origin": np.asarray(info.GetOrigin()),
+        "direction": np.asarray(info.GetDirection()),
+    }
+
+
+def grid_differences(reference: dict, other: dict, *, atol_mm: float = 1e-3, atol_dir: float = 1e-4) -> list[str]:
+    """How grid ``other`` differs from ``reference`` (both from :func:`geometry`); empty when they are the same."""
+    if len(other["size"]) != len(reference["size"]):
+        return [f"{len(other['size'])}D != {len(reference['size'])}D"]
+    problems = []
+    if other["size"] != reference["size"]:
+        problems.append(f"size {list(other['size'])} != {list(reference['size'])}")
+    if not np.allclose(other["spacing"], reference["spacing"], atol=atol_mm):
+        problems.append(f"spacing {other['spacing'].round(4).tolist()} != {reference['spacing'].round(4).tolist()}")
+    if not np.allclose(other["origin"], reference["origin"], atol=atol_mm):
+        problems.append(f"origin {other['origin'].round(3).tolist()} != {reference['origin'].round(3).tolist()}")
+    if not np.allclose(other["direction"], reference["direction"], atol=atol_dir):
+        problems.append("direction differs")
+    return problems
+
+
+def nifti_size_problem(path: str | os.PathLike) -> str | None:
+    """Say if a NIfTI file is shorter than its header needs (``.nii``: file size; ``.nii.gz``: the gzip trailer's
+    uncompressed length, which a truncated or corrupt file does not carry). Reads the header and 4 bytes only."""
+    import nibabel as nib
+
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        image = nib.load(str(path))
+        header = image.header
+        offset = int(getattr(image.dataobj, "offset", header["vox_offset"]))  # a 0 in the header means 352 (NIfTI-1)
+        needed = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    except Exception as e:  # noqa: BLE001 - SimpleITK read a header, nibabel cannot: a cut-off or damaged file
+        return f"truncated or corrupt ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+    if name.endswith(".nii"):
+        actual = path.stat().st_size
+        return f"truncated ({actual} bytes, the header needs {needed})" if actual < needed else None
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 18:
+            return "truncated (not a complete gzip file)"
+        f.seek(-4, os.SEEK_END)
+        stored = int.from_bytes(f.read(4), "little")
+    if stored != needed % 2**32:
+        return f"truncated or corrupt (the gzip stream does not end with the {needed} bytes the header needs)"
+    return None
+
+
+def _per_key(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, Mapping) else value
+
+
+def _paths(value: Any) -> list[str] | None:
+    if isinstance(value, (str, os.PathLike)):
+        return [str(value)]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, os.PathLike)) for v in value):
+        return [str(v) for v in value]
+    return None
+
+
+def _item_name(item: Mapping, index: int) -> str:
+    for key in ("case", "name", "seriesuid", "id"):
+        if key in item:
+            return f"item {index} ({item[key]})"
+    return f"item {index}"
+
+
+def read_voxels(path: str | os.PathLike) -> np.ndarray:
+    """The voxels of ``path``: nibabel for NIfTI (ITK's NIfTI reader turns NaN into 0, hiding them; MONAI's loader,
+    nibabel, would not), SimpleITK otherwise."""
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _inspect(
+    items: Sequence[Mapping],
+    keys: Sequence[str],
+    *,
+    expect_dims: int | Mapping[str, int] | None,
+    expect_channels: int | Mapping[str, int] | None,
+    label_values: Sequence[int] | Callable[[Mapping], Sequence[int]] | None,
+    check_finite: bool,
+    check_grids: bool | str,
+    label_key: str,
+) -> tuple[list, list[str], list[str]]:
+    """(kept items, problem lines, warning lines) without applying a policy."""
+    kept, problems, warnings = [], [], []
+    for index, item in enumerate(items):
+        found: list[str] = []
+        reference: tuple[str, dict] | None = None
+        for key in keys:
+            if key not in item:
+                found.append(f"{_item_name(item, index)}: no {key!r} entry")
+                continue
+            paths = _paths(item[key])
+            if paths is None:
+                found.append(f"{_item_name(item, index)}: {key!r} is {item[key]!r}, not a file path")
+                continue
+            dims, channels = _per_key(expect_dims, key), _per_key(expect_channels, key)
+            for path in paths:
+                try:
+                    info = read_image_information(path)
+                except ValueError as e:
+                    found.append(str(e) if str(path) in str(e) else f"{path}: {e}")
+                    continue
+                bad = nifti_size_problem(path)
+                if bad:
+                    found.append(f"{path}: {bad}")
+                    continue
+                if dims is not None and info.GetDimension() != dims:
+                    hint = " (a time series or several volumes in one file?)" if info.GetDimension() > dims else ""
+                    found.append(f"{path}: {info.GetDimension()}D image, expected {dims}D{hint}")
+                    continue
+                if channels is not None and info.GetNumberOfComponents() != channels:
+                    kind = {1: "grey", 3: "RGB", 4: "RGBA"}
+                    have = info.GetNumberOfComponents()
+                    found.append(f"{path}: {have} channel(s) ({kind.get(have, 'per pixel')}), expected {channels}"
+                                 f" ({kind.get(channels, 'per pixel')})")
+                    continue
+                grid = geometry(info)
+                if check_grids and reference is not None:
+                    diff = grid_differences(reference[1], grid)
+                    if check_grids == "size":  # photographs: spacing / origin are only dpi metadata
+                        diff = [d for d in diff if d.startswith("size") or d.endswith("D")]
+                    if diff:
+                        found.append(f"{path}: not on the grid of {Path(reference[0]).name} ({'; '.join(diff)}); "
+                                     f"image and {key} must share size, spacing, origin and direction")
+                        continue
+                elif reference is None:
+                    reference = (path, grid)
+                is_label = key == label_key
+                needs_array = (check_finite and info.GetPixelID() in _FLOAT_TYPES) or (is_label and label_values)
+                if not needs_array:
+                    continue
+                try:
+                    array = read_voxels(path)
+                except (RuntimeError, OSError, EOFError, ValueError) as e:
+                    found.append(f"{path}: cannot read the voxels ({str(e).strip().splitlines()[-1]})")
+                    continue
+                if check_finite and info.GetPixelID() in _FLOAT_TYPES and not np.isfinite(array).all():
+                    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+                    found.append(f"{path}: {nan} NaN and {inf} Inf value(s)")
+                    continue
+                if is_label and label_values:
+                    allowed = label_values(item) if callable(label_values) else label_values
+                    values = np.unique(array)
+                    outside = [v for v in values.tolist() if v not in set(allowed)]
+                    if outside:
+                        found.append(f"{path}: label value(s) {outside[:8]} outside the convention {list(allowed)}")
+                    elif values.max(initial=0) == 0:
+                        warnings.append(f"{path}: empty label map (background only), kept as a negative example")
+        if found:
+            problems.extend(found)
+        else:
+            kept.append(item)
+    return kept, problems, warnings
+
+
+def _skip_message(problems: Sequence[str]) -> None:
+    for line in problems:
+        logger.warning("preflight: skipped: %s", line)
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _write_skipped(output_dir: str | os.PathLike | None, problems: Sequence[str]) -> None:
+    if output_dir is not None and _is_main_process():
+        write_text_atomic(Path(output_dir) / SKIPPED_FILE, "".join(f"{line}\n" for line in problems))
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"preflight policy must be one of {POLICIES}, got {policy!r}")
+
+
+def _fail(problems: Sequence[str], total: int, bad_items: int) -> None:
+    raise ValueError(
+        f"preflight: {len(problems)} problem(s) in {bad_items} of {total} datalist item(s); fix them, or train "
+        f"without them with preflight_policy 'skip' (they are then listed in {SKIPPED_FILE}):\n  "
+        + "\n  ".join(problems)
+    )
+
+
+def _warn_empty(warnings: Sequence[str]) -> None:
+    if warnings:
+        shown = "; ".join(w.split(":")[0] for w in warnings[:3])
+        logger.warning("preflight: %d empty label map(s) kept as negative examples (%s%s)", len(warnings), shown,
+                       ", ..." if len(warnings) > 3 else "")
+
+
+def check_datalist(
+    items: Sequence[Mapping],
+    keys: Sequence[str] = ("image", "label"),
+    *,
+    policy: str = "fail",
+    expect_dims: int | Mapping[str, int] | None = 3,
+    expect_channels: int | Mapping[str, int] | None = None,
+    label_values: Sequence[int] | Callable[[Mapping], Sequence[int]] | None = None,
+    check_finite: bool = True,
+    check_grids: bool | str = True,
+    label_key: str = "label",
+    output_dir: str | os.PathLike | None = None,
+) -> tuple[list, list[str]]:
+    """Check every file the ``keys`` of ``items`` name; return (kept items, problem lines).
+
+    Args:
+        items: datalist items; ``item[key]`` is a path or a list of paths (e.g. BraTS's four modalities).
+        keys: the entries holding file paths; the first file of the first key is the grid reference of the item.
+        policy: ``"fail"`` raises one ``ValueError`` listing every problem; ``"skip"`` drops bad items (see module).
+        expect_dims: spatial dimensions of every file (``None``: any), or ``{key: dims}``.
+        expect_channels: components per pixel of every file (``None``: any), or ``{key: channels}``; e.g.
+            ``{"image": 3, "label": 1}`` for RGB images with grey masks.
+        label_values: the values a label map may hold, or a callable ``item -> values`` (``None``: not read).
+        check_finite: read floating-point files to find NaN / Inf.
+        check_grids: require every file of an item on the grid (size, spacing, origin, direction) of the first;
+            ``"size"`` compares the size only (2D photographs, whose spacing is dpi metadata).
+        label_key: which key holds the label map.
+        output_dir: with ``policy="skip"``, where ``skipped_inputs.txt`` is written.
+    """
+    _check_policy(policy)
+    kept, problems, warnings = _inspect(items, keys, expect_dims=expect_dims, expect_channels=expect_channels,
+                                        label_values=label_values, check_finite=check_finite,
+                                        check_grids=check_grids, label_key=label_key)
+    _warn_empty(warnings)
+    if problems and policy == "fail":
+        _fail(problems, len(items), len(items) - len(kept))
+    if policy == "skip":
+        _skip_message(problems)
+        _write_skipped(output_dir, problems)
+    return kept, problems
+
+
+def preflight_datalist(
+    datalist: Mapping[str, Any],
+    *,
+    splits: Sequence[str] = ("training", "validation"),
+    policy: str = "fail",
+    output_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> dict:
+    """:func:`check_datalist` over the ``splits`` of an MSD-style datalist, the policy applied once to them all.
+
+    Returns a copy of ``datalist`` with bad items removed (policy ``"skip"``). A split that had items and has none
+    left is a ``ValueError``. Other keys of the datalist (``"classes"``, ``"test"``...) are passed through unchecked.
+    Under ``torch.distributed`` every rank checks (the result must be the same on all), rank 0 alone writes the file.
+    """
+    _check_policy(policy)
+    out = dict(datalist)
+    problems: list[str] = []
+    warnings: list[str] = []
+    total = bad_items = 0
+    for split in splits:
+        items = list(datalist.get(split) or [])
+        kept, found, warned = _inspect(items, **_inspect_kwargs(kwargs))
+        out[split] = kept
+        problems += found
+        warnings += warned
+        total += len(items)
+        bad_items += len(items) - len(kept)
+    _warn_empty(warnings)
+    if problems and policy == "fail":
+        _fail(problems, total, bad_items)
+    if policy == "skip":
+        _skip_message(problems)
+        _write_skipped(output_dir, problems)
+        if problems:
+            logger.warning("preflight: %d of %d item(s) skipped, listed in %s", bad_items, total,
+                           Path(output_dir) / SKIPPED_FILE if output_dir is not None else "the log")
+    emptied = [s for s in splits if datalist.get(s) and not out[s]]
+    if emptied:
+        raise ValueError(f"preflight: no {' or '.join(emptied)} item left after skipping the bad ones:\n  "
+                         + "\n  ".join(problems))
+    return out
+
+
+def _inspect_kwargs(kwargs: dict) -> dict:
+    known = {"keys": ("image", "label"), "expect_dims": 3, "expect_channels": None, "label_values": None,
+             "check_finite": True, "check_grids": True, "label_key": "label"}
+    unknown = set(kwargs) - set(known)
+    if unknown:
+        raise TypeError(f"preflight_datalist: unexpected argument(s) {sorted(unknown)}")
+    return {**known, **kwargs}
+
+
+def ensure_writable(*folders: str | os.PathLike, what: str = "training output") -> None:
+    """Create each folder and write (then remove) a small file in it; ``ValueError`` naming the first that fails.
+
+    Called at the start of training so that an unwritable ``bundle_root`` / ``ckpt_dir`` / ``log_dir`` /
+    ``output_dir`` is reported before the first epoch, not when the first checkpoint is saved.
+    """
+    for folder in folders:
+        path = Path(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+            raise ValueError(f"{path}: cannot write the {what} here ({reason}); choose a writable folder "
+                             "(e.g. another --bundle_root or --output_dir)") from None
