@@ -1,8 +1,10 @@
 """``python -m pipelines <command>``: synthetic data, inference, the demo.
 
 Commands:
-    synth luna16|brats|isic-seg|isic-cls|image-folder   write a synthetic data set in that data set's real layout
-    infer          run a bundle on NIfTI / MetaImage / NRRD files and DICOM series folders
+    synth luna16|brats|isic-seg|isic-cls|image-folder|ultrasound   write a synthetic data set in that real layout
+    infer          run a bundle on NIfTI / MetaImage / NRRD files, DICOM series folders, images
+    export         write a trained bundle as one self-contained zip
+    verify         check a bundle folder or zip offline (exit 1 and one line per problem)
     bench          every network against MONAI's UNet, BasicUNet, SegResNet, DenseNet121 (bench/results.md)
     demo           synthetic data -> train the lung bundle -> evaluate -> infer, in a few minutes on a CPU
 """
@@ -39,17 +41,25 @@ def _synth(args: argparse.Namespace) -> int:
         images = write_isic_seg(args.out, cases=args.cases, seed=args.seed, hairs=not args.no_hairs)
         print(f"synth isic-seg: wrote {len(images)} images with masks to {args.out}")
         return 0
+    if args.layout == "ultrasound":
+        from pipelines.synth.ultrasound import write_ultrasound
+
+        images = write_ultrasound(args.out, n_images=args.images or 24, seed=args.seed,
+                                  size=(args.height or 256, args.width or 256))
+        print(f"synth ultrasound: wrote {len(images)} B-mode images (BUSI layout) to {args.out}")
+        return 0
     if args.layout == "isic-cls":
         from pipelines.synth.isic_cls import write_isic_cls
 
-        items = write_isic_cls(args.out, images=args.images, seed=args.seed, size=(args.width, args.height))
+        items = write_isic_cls(args.out, images=args.images or 200, seed=args.seed,
+                               size=(args.width or 64, args.height or 48))
         print(f"synth isic-cls: wrote {len(items)} images to {args.out}")
         return 0
     if args.layout == "image-folder":
         from pipelines.synth.image_folder import write_image_folder
 
-        items = write_image_folder(args.out, preset=args.preset, images=args.images, seed=args.seed,
-                                   size=(args.width, args.height))
+        items = write_image_folder(args.out, preset=args.preset, images=args.images or 200, seed=args.seed,
+                                   size=(args.width or 64, args.height or 48))
         print(f"synth image-folder: wrote {len(items)} images ({args.preset}) to {args.out}")
         return 0
     raise AssertionError(args.layout)  # argparse restricts the choices
@@ -109,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write a small synthetic data set in a real data set's layout")
-    synth.add_argument("layout", choices=["luna16", "brats", "isic-seg", "isic-cls", "image-folder"], help="which data set layout to write")
+    synth.add_argument("layout", choices=["luna16", "brats", "isic-seg", "isic-cls", "image-folder", "ultrasound"], help="which data set layout to write")
     synth.add_argument("--out", required=True, help="folder to write the data set into")
     synth.add_argument("--cases", type=int, default=6, help="number of scans (default 6)")
     synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data")
@@ -119,9 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--naming", choices=["2021", "2023"], default="2021",
                        help="brats: 2018-2021 (<case>_t1ce.nii.gz, ET=4) or 2023 (<case>-t1c.nii.gz, ET=3) naming")
     synth.add_argument("--no-hairs", action="store_true", help="isic-seg: draw no hairs")
-    synth.add_argument("--images", type=int, default=200, help="isic-cls, image-folder: number of images (default 200)")
-    synth.add_argument("--width", type=int, default=64, help="isic-cls, image-folder: image width (default 64)")
-    synth.add_argument("--height", type=int, default=48, help="isic-cls, image-folder: image height (default 48)")
+    synth.add_argument("--images", type=int, default=None,
+                       help="isic-cls, image-folder, ultrasound: number of images (default 200; ultrasound 24)")
+    synth.add_argument("--width", type=int, default=None,
+                       help="isic-cls, image-folder, ultrasound: image width (default 64; ultrasound 256)")
+    synth.add_argument("--height", type=int, default=None,
+                       help="isic-cls, image-folder, ultrasound: image height (default 48; ultrasound 256)")
     synth.add_argument("--preset", choices=["kvasir", "covid-ct"], default="kvasir",
                        help="image-folder: which class-per-folder data set to imitate")
     synth.set_defaults(func=_synth)
@@ -145,6 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
                        help="override any inference.json value, e.g. --set stitch_device=cpu (repeatable)")
     infer.set_defaults(func=_infer)
+
+    export = sub.add_parser("export", help="write a trained bundle as one self-contained zip (runs without this repo)",
+                            description="Exit code 0 when the zip was written, 2 on an error.")
+    from pipelines.export import add_arguments as add_export_arguments
+    from pipelines.export import run_from_args as run_export
+
+    add_export_arguments(export)
+    export.set_defaults(func=run_export)
+
+    verify = sub.add_parser("verify", help="check a bundle folder or zip offline; one line per problem",
+                            description="Exit code 0 when no problem was found, 1 otherwise.")
+    from pipelines.verify import add_arguments as add_verify_arguments
+    from pipelines.verify import run_from_args as run_verify
+
+    add_verify_arguments(verify)
+    verify.set_defaults(func=run_verify)
 
     bench = sub.add_parser("bench", help="speed and memory of every network against MONAI's, in the same run")
     from bench.networks import add_arguments

@@ -20,7 +20,7 @@ def test_synth_luna16_command(tmp_path, capsys):
         assert len(list(csv.DictReader(f))) >= 2
 
 
-@pytest.mark.parametrize("command", ["synth", "infer", "demo"])
+@pytest.mark.parametrize("command", ["synth", "infer", "export", "verify", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args([command, "--help"])
@@ -33,3 +33,14 @@ def test_unknown_layout_is_refused(capsys):
         main(["synth", "brats9000", "--out", "x"])
     assert info.value.code == 2
     assert "invalid choice: 'brats9000'" in capsys.readouterr().err
+
+
+def test_synth_ultrasound_command(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "BUSI"
+    assert main(["synth", "ultrasound", "--out", str(out), "--images", "3", "--width", "96", "--height", "64"]) == 0
+    assert capsys.readouterr().out.startswith(f"synth ultrasound: wrote 3 B-mode images (BUSI layout) to {out}")
+    images = [p for p in out.rglob("*.png") if not p.stem.endswith("_mask")]
+    assert len(images) == 3
+    assert {Image.open(p).size for p in images} == {(96, 64)}

@@ -1,0 +1,365 @@
+"""Issue 7 items 1-2: a trained bundle exported as a self-contained zip, and the offline checks of bundles and zips.
+
+The exported tiny lung bundle is run by ``python -m monai.bundle run`` in a process where this repository cannot be
+imported, loaded by ``monai.bundle.load`` without any download, and verified; purposely broken copies and unsafe zips
+each give their one-line problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from pipelines.export import MANIFEST, bundle_config, export_bundle, manifest_files
+from pipelines.verify import verify_bundle
+from tests.conftest import REPO
+
+NAME = "lung_nodule_ct_edu_segmentation"
+
+# Runs ``python -m monai.bundle <argv>`` after making this repository unimportable (its editable-install finder and
+# any sys.path entry of the repository removed, checked), then ``monai.bundle.load`` of the same bundle with
+# downloads made impossible; prints where ``pipelines`` and ``networks`` were imported from.
+CHILD = r"""
+import importlib.util, json, os, runpy, sys
+repo, bundle, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != repo and "__editable__" not in p]
+assert importlib.util.find_spec("pipelines") is None and importlib.util.find_spec("networks") is None, sys.path
+sys.argv = ["monai.bundle", *argv]
+try:
+    runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    if e.code not in (None, 0):
+        raise
+import monai.bundle, torch
+def no_download(*args, **kwargs):
+    raise RuntimeError("monai.bundle tried to download")
+monai.bundle.scripts.download = no_download
+name, parent = os.path.basename(bundle), os.path.dirname(bundle)
+with open("load_args.json", "w") as f:
+    json.dump({"bundle_root": bundle}, f)
+net = monai.bundle.load(name, bundle_dir=parent, workflow_type="inference", device="cpu",
+                        args_file="load_args.json").eval()
+record = json.load(open(os.path.join(bundle, "manifest.json")))["torchscript"]
+if record["kind"] == "export":
+    exported = torch.export.load(os.path.join(bundle, record["file"])).module()
+else:
+    exported, meta, extra = monai.bundle.load(name, bundle_dir=parent, load_ts_module=True, device="cpu")
+x = torch.rand(record["input_shape"])
+with torch.no_grad():
+    same = bool(torch.allclose(net(x), exported(x), rtol=1e-4, atol=1e-5))
+print("RESULT " + json.dumps({"pipelines": sys.modules["pipelines"].__file__,
+                              "networks": sys.modules["networks"].__file__,
+                              "net": type(net).__name__, "kind": record["kind"], "same": same}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(trained_lung_bundle, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "out" / f"{NAME}.zip"
+    return export_bundle(trained_lung_bundle, out, name=NAME)
+
+
+@pytest.fixture
+def unzipped(exported, tmp_path) -> Path:
+    with zipfile.ZipFile(exported) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    return tmp_path / "unzipped" / NAME
+
+
+def _rehash(root: Path) -> None:
+    """Rewrite the manifest's file table after a deliberate change, so that only the change itself is reported."""
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"] = manifest_files(root)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _edit_json(path: Path, edit) -> None:
+    content = json.loads(path.read_text())
+    edit(content)
+    path.write_text(json.dumps(content, indent=4))
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------------- export
+
+
+def test_export_writes_a_complete_zip_with_manifest(exported, trained_lung_bundle):
+    assert sorted(p.name for p in exported.parent.iterdir()) == [exported.name], "no temporary file may be left"
+    with zipfile.ZipFile(exported) as zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        assert all(n.startswith(f"{NAME}/") for n in zf.namelist())
+        files = {n[len(NAME) + 1:]: zf.read(n) for n in names}
+    for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/logging.conf",
+                     "models/model.pt", "LICENSE", "docs/README.md", "networks/__init__.py", "networks/edu.py",
+                     "pipelines/transforms/ct.py", "pipelines/io/writers.py", "pipelines/verify.py",
+                     "pipelines/schemas/meta_schema_20240725.json", MANIFEST):
+        assert required in files, required
+    assert not [n for n in files if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n
+                or Path(n).name.startswith("test_")]
+    assert {Path(n).suffix for n in files if n.startswith(("networks/", "pipelines/"))} <= {".py", ".json"}
+
+    manifest = json.loads(files.pop(MANIFEST))
+    assert set(manifest["files"]) == set(files)
+    for name, entry in manifest["files"].items():
+        assert entry == {"sha256": hashlib.sha256(files[name]).hexdigest(), "size": len(files[name])}, name
+    assert manifest["bundle"] == NAME and manifest["version"] == "0.1.0"
+    assert manifest["torch_version"] == torch.__version__ and manifest["monai_version"]
+    assert manifest["weights"] == "models/model.pt"
+    record = manifest["torchscript"]
+    assert record["kind"] in ("script", "trace", "export") and record["file"] in files
+    assert record["file"] == ("models/model.pt2" if record["kind"] == "export" else "models/model.ts")
+    assert record["input_shape"] == [1, 1, 32, 32, 16]  # the tiny bundle's declared patch
+
+    trained = torch.load(trained_lung_bundle / "models" / "model.pt", weights_only=True)
+    shipped = torch.load(io.BytesIO(files["models/model.pt"]), weights_only=True)
+    assert trained.keys() == shipped.keys() and all(torch.equal(trained[k], shipped[k]) for k in trained)
+
+    inference = json.loads(files["configs/inference.json"])
+    assert inference["network_def"]["_target_"] == "networks.EDU"  # targets unchanged, the code ships beside them
+    assert inference["network_def"]["_requires_"] == "@bundle_code"
+    assert "$from pipelines" not in json.dumps(inference)
+
+
+def test_export_needs_trained_weights_unless_allowed(trained_lung_bundle, tmp_path):
+    untrained = tmp_path / "untrained"
+    shutil.copytree(trained_lung_bundle, untrained, ignore=shutil.ignore_patterns("models", "eval", "logs", "cache"))
+    with pytest.raises(FileNotFoundError, match="trained weights not found"):
+        export_bundle(untrained, tmp_path / "out" / "a.zip")
+    assert not (tmp_path / "out" / "a.zip").exists()
+    out = export_bundle(untrained, tmp_path / "out" / "b.zip", allow_missing_weights=True)
+    with zipfile.ZipFile(out) as zf:
+        manifest = json.loads(zf.read(f"untrained/{MANIFEST}"))
+        assert not [n for n in zf.namelist() if "/models/" in n]
+    assert manifest["weights"] is None and manifest["torchscript"] is None
+
+
+def test_scriptable_network_gives_torchscript_that_monai_loads(trained_lung_bundle, tmp_path, monkeypatch):
+    """E-DU cannot be scripted nor saved traced, so its export is ``model.pt2``; a scriptable ``network_def``
+    (MONAI's UNet, weights given as ``{"model": state}``) gives ``models/model.ts``, which ``verify_bundle`` accepts
+    and ``monai.bundle.load(load_ts_module=True)`` loads without downloading."""
+    import monai.bundle
+    from monai.networks.nets import UNet
+
+    bundle = tmp_path / "unet_bundle"
+    shutil.copytree(trained_lung_bundle, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs", "cache"))
+    network = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]}
+    _edit_json(bundle / "configs" / "inference.json", lambda c: c.update(network_def={"_target_": "UNet", **network}))
+    eager = UNet(**network).eval()
+    torch.save({"model": eager.state_dict()}, tmp_path / "weights.pt")
+    out = export_bundle(bundle, tmp_path / "zips" / "unet_bundle.zip", weights=tmp_path / "weights.pt")
+    assert verify_bundle(out) == []
+    with zipfile.ZipFile(out) as zf:
+        zf.extractall(tmp_path / "unzipped")
+        assert json.loads(zf.read(f"unet_bundle/{MANIFEST}"))["torchscript"]["kind"] == "script"
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("monai.bundle.load tried to download")
+
+    monkeypatch.setattr(monai.bundle.scripts, "download", no_download)
+    scripted, meta, _ = monai.bundle.load("unet_bundle", bundle_dir=tmp_path / "unzipped", load_ts_module=True,
+                                          device="cpu")
+    assert meta["version"] == "0.1.0"
+    x = torch.rand(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), eager(x), atol=1e-5)
+
+
+def test_config_rewrite_imports_project_code_after_bundle_root():
+    config = {
+        "imports": ["$import os", "$from pipelines.data.volumes import list_volumes as lv"],
+        "bundle_root": ".",
+        "datalist": "$lv(@dataset_dir) + [x.lv for x in []] + [dict(lv=1)]",
+        "net": {"_target_": "networks.EDU", "spatial_dims": 3},
+        "saver": {"_target_": "SaveImaged", "writer": "pipelines.io.AtomicNibabelWriter"},
+        "other": {"_target_": "Compose", "transforms": []},
+    }
+    out, changed = bundle_config(config)
+    assert changed
+    assert out["imports"] == ["$import os", "$import sys"]
+    assert out["bundle_code_lv"] == {"_target_": "pipelines.data.volumes.list_volumes", "_mode_": "callable",
+                                     "_requires_": "@bundle_code"}
+    assert out["datalist"] == "$@bundle_code_lv(@dataset_dir) + [x.lv for x in []] + [dict(lv=1)]"
+    assert out["net"]["_requires_"] == out["saver"]["_requires_"] == "@bundle_code"
+    assert "_requires_" not in out["other"]
+    assert bundle_config({"x": "$torch.zeros(1)"}) == ({"x": "$torch.zeros(1)"}, False)
+
+
+def test_exported_bundle_runs_and_loads_without_the_repository(exported, luna16_tiny, tmp_path):
+    root, scans = luna16_tiny
+    with zipfile.ZipFile(exported) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    bundle = tmp_path / "unzipped" / NAME
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "predictions"
+    elsewhere.mkdir()
+    command = [sys.executable, "-I", "-c", CHILD, str(REPO.resolve()), str(bundle),
+               "run", "--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+               "--dataset_dir", str(root), "--output_dir", str(out)]
+    proc = subprocess.run(command, cwd=elsewhere, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+    assert Path(result["pipelines"]).is_relative_to(bundle), result  # the bundle's copy, not the repository's
+    assert Path(result["networks"]).is_relative_to(bundle), result
+    assert result["net"] == "EDU" and result["same"], result  # load(): eager network == exported model
+    for scan in scans:
+        image, pred = sitk.ReadImage(str(scan.path)), sitk.ReadImage(str(out / f"{scan.seriesuid}_seg.nii.gz"))
+        assert pred.GetSize() == image.GetSize()
+        assert np.allclose(pred.GetSpacing(), image.GetSpacing(), atol=1e-5)
+        assert np.allclose(pred.GetOrigin(), image.GetOrigin(), atol=1e-4)
+        assert np.allclose(pred.GetDirection(), image.GetDirection(), atol=1e-6)
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1}
+    assert len(list(out.glob("*_seg.nii.gz"))) == len(scans)
+
+
+# ---------------------------------------------------------------------------------------------------------- verify
+
+
+def test_clean_export_verifies(exported, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    assert verify_bundle(exported, workdir=work) == []
+    assert list(work.iterdir()) == [], "the extraction folder is removed"
+
+
+def _bump_version(root: Path) -> None:
+    _edit_json(root / "configs" / "metadata.json", lambda m: m.update(version="0.2.0"))
+
+
+def _drop_task(root: Path) -> None:
+    _edit_json(root / "configs" / "metadata.json", lambda m: m.pop("task"))
+
+
+def _tamper(root: Path) -> None:
+    with open(root / "docs" / "README.md", "a") as f:
+        f.write("\none more line\n")
+
+
+def _add_file(root: Path) -> None:
+    (root / "models" / "extra.bin").write_bytes(b"x")
+
+
+def _remove_license(root: Path) -> None:
+    (root / "LICENSE").unlink()
+
+
+BROKEN = {
+    "version missing from changelog": (_bump_version, True,
+                                       ["configs/metadata.json: version '0.2.0' is not listed in its changelog"]),
+    "schema violation": (_drop_task, True, ["configs/metadata.json: schema meta_schema_20240725.json violated at "
+                                            "(top level): 'task' is a required property"]),
+    "tampered file": (_tamper, False,
+                      ["docs/README.md: SHA-256/size differ from manifest.json (the file was changed)"]),
+    "added file": (_add_file, False, ["models/extra.bin: not listed in manifest.json (a file was added)"]),
+    "removed file": (_remove_license, False, ["LICENSE: listed in manifest.json but missing",
+                                              "LICENSE: missing (required)"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_verify_reports_each_broken_bundle(case, unzipped):
+    breaks, rehash, expected = BROKEN[case]
+    breaks(unzipped)
+    if rehash:
+        _rehash(unzipped)
+    assert verify_bundle(unzipped, run_network=False) == expected
+
+
+def test_verify_reports_output_shape_mismatch(unzipped):
+    def three_channels(meta):
+        meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 3
+
+    _edit_json(unzipped / "configs" / "metadata.json", three_channels)
+    _rehash(unzipped)
+    assert verify_bundle(unzipped) == [
+        "configs/inference.json: network_def maps input (1, 1, 32, 32, 16) to (1, 2, 32, 32, 16), but "
+        "configs/metadata.json declares output (1, 3, 32, 32, 16)"]
+
+
+def test_verify_reports_torchscript_mismatch(unzipped):
+    record = json.loads((unzipped / MANIFEST).read_text())["torchscript"]
+    other = torch.nn.Conv3d(1, 2, 1).eval()  # same output shape, other numbers
+    x = torch.rand(record["input_shape"])
+    if record["kind"] == "export":
+        torch.export.save(torch.export.export(other, (x,)), str(unzipped / record["file"]))
+    else:
+        torch.jit.save(torch.jit.trace(other, x), str(unzipped / record["file"]))
+    _rehash(unzipped)
+    problems = verify_bundle(unzipped)
+    assert len(problems) == 1 and problems[0].startswith(
+        f"{record['file']}: outputs differ from network_def with models/model.pt (max abs difference"), problems
+
+
+# ----------------------------------------------------------------------------------------------------- unsafe zips
+
+
+def _with_entry(exported: Path, dst: Path, info: zipfile.ZipInfo | str, data: bytes = b"evil") -> Path:
+    shutil.copy(exported, dst)
+    with zipfile.ZipFile(dst, "a") as zf:
+        zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    return dst
+
+
+def _symlink(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+def _unsafe_case(case: str, tmp_path: Path, exported: Path) -> tuple:
+    """(entry name or ZipInfo, its data, verify_bundle limits, the start of the expected problem after "evil.zip: ")."""
+    largest = max(i.file_size for i in zipfile.ZipFile(exported).infolist())
+    return {
+        "dotdot": (f"{NAME}/../../evil", b"x", {}, f"entry '{NAME}/../../evil' has a '..' component"),
+        "absolute": (str(tmp_path / "absolute_evil"), b"x", {},
+                     f"entry '{tmp_path / 'absolute_evil'}' has an absolute path"),
+        "symlink": (_symlink(f"{NAME}/docs/link"), b"/etc/passwd", {}, f"entry '{NAME}/docs/link' is a symbolic link"),
+        "oversized": (f"{NAME}/models/big.bin", os.urandom(largest + 4096), {"max_member_bytes": largest + 1},
+                      f"entry '{NAME}/models/big.bin' is {largest + 4096} bytes uncompressed, over the limit of "
+                      f"{largest + 1}"),
+        "bomb": (f"{NAME}/models/zeros.bin", bytes(8 << 20), {}, f"entry '{NAME}/models/zeros.bin' expands"),
+    }[case]
+
+
+@pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink", "oversized", "bomb"])
+def test_verify_refuses_unsafe_zip_before_extracting(case, exported, tmp_path):
+    entry, data, limits, expected = _unsafe_case(case, tmp_path, exported)
+    evil = _with_entry(exported, tmp_path / "evil.zip", entry, data)
+    work = tmp_path / "work" / "inner"
+    work.mkdir(parents=True)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    problems = verify_bundle(evil, workdir=work, **limits)
+    assert len(problems) == 1 and problems[0].startswith(f"evil.zip: {expected}"), problems
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing may be written"
+    assert not (tmp_path / "absolute_evil").exists() and not (tmp_path / "evil").exists()
+
+
+def test_verify_cli_exit_codes(exported, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "pipelines.verify", str(exported), "--no-network"], cwd=tmp_path,
+                        env=_env(), capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "no problems found" in ok.stdout
+    evil = _with_entry(exported, tmp_path / "evil.zip", "../evil")
+    bad = subprocess.run([sys.executable, "-m", "pipelines.verify", str(evil)], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert bad.stdout.splitlines() == ["evil.zip: entry '../evil' has a '..' component (it would be written outside "
+                                       "the target folder)"]
