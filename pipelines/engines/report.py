@@ -1,5 +1,9 @@
 """Evaluation reports on an evaluator: per-case metrics CSV and summary JSON, pixel-pooled scores, per-channel Dice.
 
+:class:`SuperResolutionReport` does the same for super-resolution: the per-image (or per-volume) PSNR, SSIM and MSE
+of the network and of the interpolation baseline that :class:`~pipelines.engines.gan.SuperResolutionEvaluator`
+computed, one row per case in a CSV, with their means, and the network's gain over interpolation, in a JSON.
+
 :class:`SegmentationReport` feeds every validated case to :func:`pipelines.metrics.segmentation_report` (per-case CSV,
 summary JSON, both atomic) and can add the pixel-pooled scores that skin-lesion papers report (Dice/F1, Jaccard,
 sensitivity, specificity, accuracy over all pixels of the test set). :func:`channel_output` selects one output channel
@@ -8,6 +12,7 @@ for an Ignite metric, so that each BraTS region (TC, WT, ET) gets its own scalar
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +22,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from pipelines.io import write_json_atomic
+from pipelines.io import atomic_path, write_json_atomic
 from pipelines.metrics import segmentation_report
 
-__all__ = ["SegmentationReport", "channel_output", "pooled_scores"]
+__all__ = ["SegmentationReport", "SuperResolutionReport", "channel_output", "pooled_scores"]
 
 
 def channel_output(index: int, pred_key: str = "pred", label_key: str = "label") -> Callable:
@@ -163,3 +168,135 @@ def _nan_to_none(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+class SuperResolutionReport:
+    """Per-case super-resolution metrics (network and interpolation baseline) as a CSV and a summary JSON.
+
+    Attach to a :class:`~pipelines.engines.gan.SuperResolutionEvaluator` (or any evaluator whose metric handlers keep
+    their per-case details, MONAI's default ``save_details=True``). At the end of each evaluation the per-case
+    values of ``metrics`` are read from ``engine.state.metric_details`` (the same numbers the evaluator logs and
+    averages), so the report and the logged metrics agree by construction. Files (written atomically):
+
+    - ``<output_dir>/<prefix>metrics.csv``: ``case, val_psnr, val_ssim, val_mse, val_psnr_interp, ...``, one row per
+      image or volume, in evaluation order;
+    - ``<output_dir>/<prefix>summary.json``: ``{"cases": n, "metrics": {name: {"mean", "std", "median", "min",
+      "max"}}, "gain": {"psnr": mean(val_psnr - val_psnr_interp), "ssim": ..., "mse": ...},
+      "network_beats_interpolation": {"psnr": fraction of cases, ...}}``. Non-finite values (PSNR of a perfect
+      prediction) are written as ``null``.
+
+    Args:
+        output_dir: folder of the two files.
+        metrics: metric names of the evaluator; default the network's and the baseline's PSNR, SSIM and MSE.
+        case_keys: batch keys naming a case, tried in order (``name`` for 2D images, ``seriesuid`` for LUNA16); the
+            fallback is the file name in the HR image's metadata, then ``case<i>``.
+        prefix: file name prefix.
+        enabled: ``False`` turns it off (non-zero ranks).
+    """
+
+    DEFAULT_METRICS = ("val_psnr", "val_ssim", "val_mse", "val_psnr_interp", "val_ssim_interp", "val_mse_interp")
+
+    def __init__(self, output_dir: str, metrics: Sequence[str] = DEFAULT_METRICS,
+                 case_keys: Sequence[str] = ("name", "seriesuid", "case"), prefix: str = "",
+                 enabled: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.metrics = tuple(metrics)
+        self.case_keys = tuple(case_keys)
+        self.prefix = prefix
+        self.enabled = enabled
+        self.cases: list[str] = []
+        self.summary: dict | None = None
+
+    @property
+    def csv_path(self) -> Path:
+        return self.output_dir / f"{self.prefix}metrics.csv"
+
+    @property
+    def json_path(self) -> Path:
+        return self.output_dir / f"{self.prefix}summary.json"
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.cases = []
+
+    def _name(self, item: dict, output: dict) -> str:
+        for key in self.case_keys:
+            value = item.get(key) if isinstance(item, dict) else None
+            while isinstance(value, (list, tuple)) and value:
+                value = value[0]
+            if value is not None:
+                return str(value)
+        for source in (item, output):
+            for key in ("hr", "label", "image"):
+                meta = getattr(source.get(key) if isinstance(source, dict) else None, "meta", None) or {}
+                if meta.get("filename_or_obj"):
+                    value = meta["filename_or_obj"]
+                    while isinstance(value, (list, tuple)) and value:
+                        value = value[0]
+                    return Path(str(value)).name
+        return f"case{len(self.cases):04d}"
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        outputs = output if isinstance(output, list) else [output]
+        batch = engine.state.batch
+        if isinstance(batch, dict):  # not decollated
+            size = len(outputs) if isinstance(output, list) else int(next(iter(output.values())).shape[0])
+            items = [{k: (v[i] if isinstance(v, (list, tuple)) and len(v) == size else v) for k, v in batch.items()}
+                     for i in range(size)]
+            outputs = outputs * size if len(outputs) == 1 and size > 1 else outputs
+        else:
+            items = batch if isinstance(batch, list) and len(batch) == len(outputs) else [{}] * len(outputs)
+        for item, out in zip(items, outputs):
+            self.cases.append(self._name(item, out))
+
+    def _write(self, engine: Engine) -> None:
+        details = getattr(engine.state, "metric_details", {}) or {}
+        columns: dict[str, list[float]] = {}
+        for name in self.metrics:
+            if name not in details:
+                continue
+            values = torch.as_tensor(details[name]).detach().float().cpu()
+            values = values.reshape(values.shape[0], -1).mean(1) if values.ndim > 1 else values.reshape(-1)
+            columns[name] = [float(v) for v in values]
+        n = max((len(v) for v in columns.values()), default=0)
+        cases = self.cases[:n] + [f"case{i:04d}" for i in range(len(self.cases), n)]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["case", *columns])
+            for i, case in enumerate(cases):
+                writer.writerow([case, *(_fmt(columns[k][i]) for k in columns)])
+        stats = {name: _stats(values) for name, values in columns.items()}
+        gain, beats = {}, {}
+        for base in ("psnr", "ssim", "mse"):
+            net, interp = columns.get(f"val_{base}"), columns.get(f"val_{base}_interp")
+            if net is None or interp is None:
+                continue
+            diff = np.asarray(net, dtype=np.float64) - np.asarray(interp, dtype=np.float64)
+            finite = diff[np.isfinite(diff)]
+            gain[base] = float(finite.mean()) if finite.size else None
+            better = diff < 0 if base == "mse" else diff > 0
+            beats[base] = float(better.mean()) if diff.size else None
+        self.summary = _nan_to_none({"cases": n, "metrics": stats, "gain": gain,
+                                     "network_beats_interpolation": beats, "case_names": cases})
+        write_json_atomic(self.json_path, self.summary)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}" if math.isfinite(value) else str(value)
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
+    array = np.asarray(values, dtype=np.float64)
+    finite = array[np.isfinite(array)]
+    if not finite.size:
+        return {"mean": None, "std": None, "median": None, "min": None, "max": None, "non_finite": int(array.size)}
+    return {"mean": float(finite.mean()), "std": float(finite.std()), "median": float(np.median(finite)),
+            "min": float(finite.min()), "max": float(finite.max()), "non_finite": int(array.size - finite.size)}

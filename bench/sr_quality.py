@@ -1,0 +1,285 @@
+"""Does the SE-ESRGAN generator beat interpolation? Train CPU-sized copies of the two super-resolution bundles on
+synthetic data and evaluate them on held-out synthetic data written with another seed.
+
+For each task (2D ultrasound x4 against bicubic; 3D CT slice axis x2 against trilinear):
+
+1. write a training set (seed 0) and a held-out set (seed 1) with :mod:`pipelines.synth`;
+2. derive a CPU-sized bundle (:func:`pipelines.bundle.derive_bundle`: small ``nf``/``nb``, small patches);
+3. ``python -m monai.bundle run training`` in a fresh process, PSNR-oriented phase only, stopped at the first epoch
+   end after ``--psnr-minutes`` (an extra config file adds that time limit); the best-PSNR ``model.pt`` is kept as
+   ``model_psnr.pt``;
+4. the same command again with ``pretrain_epochs`` = the epochs done: it resumes from ``checkpoint.pt`` straight
+   into the GAN phase, for ``--gan-minutes`` (``model_final.pt`` is the generator at the end of the GAN phase);
+5. ``evaluate.json`` (``eval_all=true``) on the held-out set for both generators: PSNR, SSIM and MSE of the network
+   and of the interpolation baseline, per image/volume and averaged.
+
+Writes ``bench/results_sr.json`` and ``bench/results_sr.md``. Every step runs with ``OMP_NUM_THREADS`` threads
+(``--threads``); wall times are those of this machine and depend on what else runs on it.
+
+    python -m bench.sr_quality                         # both tasks, about 12 minutes of training each
+    python -m bench.sr_quality --tasks us --psnr-minutes 2 --gan-minutes 1
+    python -m bench.sr_quality --tasks ct --continue-gan-minutes 8   # resume the GAN phase of the last ct run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+US_BUNDLE = REPO / "bundles" / "ultrasound_se_esrgan_superresolution"
+CT_BUNDLE = REPO / "bundles" / "ct_se_esrgan_superresolution"
+
+#: CPU-sized configurations (the shipped defaults are GPU-sized: 2D nf 64 / gc 64 / nb 24, 3D nf 32 / gc 16 / nb 8)
+TASKS = {
+    "us": {
+        "bundle": US_BUNDLE,
+        "title": "2D ultrasound x4 (SE-ESRGAN nf 32, gc 32, nb 4) vs bicubic",
+        "baseline": "bicubic",
+        "overrides": {"nf": 32, "gc": 32, "nb": 4, "roi_size": [32, 32], "sw_batch_size": 4, "num_workers": 0},
+        "train_overrides": {"hr_patch_size": [64, 64], "batch_size": 8, "num_samples": 2, "learning_rate": 0.001,
+                            "gan_learning_rate": 0.0001, "d_learning_rate": 0.0001, "disc_features": 32,
+                            "val_fraction": 0.15, "val_interval": 5},
+        "train_data": {"n_images": 40, "size": [128, 160], "seed": 0},
+        "heldout_data": {"n_images": 12, "size": [128, 160], "seed": 1},
+    },
+    "ct": {
+        "bundle": CT_BUNDLE,
+        "title": "3D CT slice axis x2 (SE-ESRGAN nf 16, gc 8, nb 2) vs trilinear",
+        "baseline": "trilinear",
+        "overrides": {"nf": 16, "gc": 8, "nb": 2, "roi_size": [64, 64, 16], "sw_batch_size": 2, "num_workers": 0},
+        "train_overrides": {"hr_patch_size": [32, 32, 16], "batch_size": 4, "num_samples": 2,
+                            "learning_rate": 0.001, "gan_learning_rate": 0.0001, "d_learning_rate": 0.0001,
+                            "disc_features": 16, "disc_channel_mults": [1, 2, 4], "val_crop_size": [96, 96, 32],
+                            "val_fraction": 0.2, "val_interval": 5},
+        "train_data": {"cases": 10, "seed": 0, "fov_mm": 100.0, "length_mm": 64.0},
+        "heldout_data": {"cases": 3, "seed": 1, "fov_mm": 80.0, "length_mm": 48.0},
+    },
+}
+
+
+def _env(threads: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"})
+    return env
+
+
+def _write_data(task: str, spec: dict, folder: Path) -> None:
+    if folder.exists() and any(folder.iterdir()):
+        return
+    if task == "us":
+        from pipelines.synth.ultrasound import write_ultrasound
+
+        write_ultrasound(folder, n_images=spec["n_images"], size=tuple(spec["size"]), seed=spec["seed"])
+    else:
+        from pipelines.synth.luna16 import write_luna16
+
+        write_luna16(folder, cases=spec["cases"], seed=spec["seed"], fov_mm=spec["fov_mm"],
+                     length_mm=spec["length_mm"], flip_fraction=0.3)
+
+
+def _time_limit_config(path: Path, seconds: float, bundle: Path) -> Path:
+    """An extra config: stop training at the first epoch end (after validation and checkpoint) past ``seconds``.
+
+    A later config file replaces top-level ids, so the bundle's ``imports`` are repeated with ``time`` added."""
+    imports = json.loads((bundle / "configs" / "train.json").read_text()).get("imports", [])
+    stop = ("$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED, lambda e, t0=time.time(): "
+            f"e.terminate() if time.time() - t0 > {float(seconds)} else None)")
+    config = {"imports": [*imports, "$import time", "$import ignite"], "training": [stop, "$@train#trainer.run()"]}
+    path.write_text(json.dumps(config, indent=4))
+    return path
+
+
+def _run(command: list[str], log: Path, threads: int, cwd: Path) -> float:
+    start = time.time()
+    with log.open("a") as f:
+        f.write(f"\n$ {' '.join(command)}\n")
+        f.flush()
+        proc = subprocess.run(command, cwd=cwd, env=_env(threads), stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed ({proc.returncode}), see {log}: {' '.join(command)}")
+    return time.time() - start
+
+
+def _train(bundle: Path, data: Path, extra: Path, overrides: dict, log: Path, threads: int, work: Path) -> float:
+    configs = bundle / "configs"
+    command = [sys.executable, "-m", "monai.bundle", "run", "training",
+               "--meta_file", str(configs / "metadata.json"),
+               "--config_file", json.dumps([str(configs / "train.json"), str(extra)]),
+               "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(bundle),
+               "--dataset_dir", str(data)]
+    for key, value in overrides.items():
+        command += [f"--{key}", json.dumps(value)]
+    return _run(command, log, threads, work)
+
+
+def _evaluate(bundle: Path, data: Path, ckpt: Path, out: Path, log: Path, threads: int, work: Path) -> dict:
+    configs = bundle / "configs"
+    command = [sys.executable, "-m", "monai.bundle", "run",
+               "--config_file", json.dumps([str(configs / "train.json"), str(configs / "evaluate.json")]),
+               "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(bundle),
+               "--dataset_dir", str(data), "--eval_all", "true", "--ckpt_path", str(ckpt), "--output_dir", str(out)]
+    seconds = _run(command, log, threads, work)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["seconds"] = round(seconds, 1)
+    return summary
+
+
+def run_task(task: str, work: Path, psnr_minutes: float, gan_minutes: float, threads: int) -> dict:
+    from pipelines.bundle import derive_bundle
+
+    spec = TASKS[task]
+    root = work / task
+    root.mkdir(parents=True, exist_ok=True)
+    train_data, heldout = root / "train_data", root / "heldout_data"
+    _write_data(task, spec["train_data"], train_data)
+    _write_data(task, spec["heldout_data"], heldout)
+    bundle = derive_bundle(spec["bundle"], root / "bundle", spec["overrides"],
+                           {**spec["train_overrides"], "pretrain_epochs": 100000, "max_epochs": 100000})
+    log = root / "log.txt"
+    log.write_text("")
+
+    # PSNR-oriented phase
+    limit = _time_limit_config(root / "limit_psnr.json", psnr_minutes * 60, bundle)
+    psnr_s = _train(bundle, train_data, limit, {}, log, threads, root)
+    checkpoint = __import__("torch").load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    psnr_iterations = int(checkpoint["trainer"]["iteration"])
+    psnr_epochs = psnr_iterations // int(checkpoint["trainer"]["epoch_length"])
+    shutil.copyfile(bundle / "models" / "model.pt", bundle / "models" / "model_psnr.pt")
+    shutil.copyfile(bundle / "models" / "model_final.pt", bundle / "models" / "model_psnr_last.pt")
+
+    # GAN phase: resume with pretrain_epochs = the epochs done, so the next epoch is a GAN epoch
+    gan_s, gan_iterations = 0.0, 0
+    if gan_minutes > 0:
+        gan_s = _train(bundle, train_data, _time_limit_config(root / "limit_gan.json", gan_minutes * 60, bundle),
+                       {"pretrain_epochs": psnr_epochs}, log, threads, root)
+        checkpoint = __import__("torch").load(bundle / "models" / "checkpoint.pt", map_location="cpu",
+                                              weights_only=False)
+        assert checkpoint["trainer"]["phase"] == "gan", checkpoint["trainer"]
+        gan_iterations = int(checkpoint["trainer"]["iteration"]) - psnr_iterations
+
+    results = {
+        "psnr_phase_best": _evaluate(bundle, heldout, bundle / "models" / "model_psnr.pt", root / "eval_psnr", log,
+                                     threads, root),
+    }
+    if gan_minutes > 0:
+        results["gan_final"] = _evaluate(bundle, heldout, bundle / "models" / "model_final.pt", root / "eval_gan",
+                                         log, threads, root)
+    summary = json.loads((bundle / "eval" / "train_summary.json").read_text())
+    return {
+        "title": spec["title"],
+        "baseline": spec["baseline"],
+        "overrides": {**spec["overrides"], **spec["train_overrides"]},
+        "train_data": spec["train_data"],
+        "heldout_data": spec["heldout_data"],
+        "psnr_phase": {"epochs": psnr_epochs, "iterations": psnr_iterations, "seconds": round(psnr_s, 1)},
+        "gan_phase": {"iterations": gan_iterations, "seconds": round(gan_s, 1)},
+        "best_val_psnr_during_training": summary.get("best_metric"),
+        "best_val_epoch": summary.get("best_metric_epoch"),
+        "heldout": {name: {"cases": r["cases"], "metrics": {k: v["mean"] for k, v in r["metrics"].items()},
+                           "gain": r["gain"], "network_beats_interpolation": r["network_beats_interpolation"]}
+                    for name, r in results.items()},
+        "threads": threads,
+    }
+
+
+def continue_task(task: str, work: Path, minutes: float, threads: int, previous: dict) -> dict:
+    """Resume the GAN phase of an earlier run of ``task`` (same bundle, same data) for ``minutes`` more, then
+    evaluate the generator at the end (``model_final.pt``) and the best-PSNR one (``model.pt``) on the held-out set."""
+    spec = TASKS[task]
+    root = work / task
+    bundle, log = root / "bundle", root / "log.txt"
+    torch = __import__("torch")
+    before = int(torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["trainer"]
+                 ["iteration"])
+    seconds = _train(bundle, root / "train_data", _time_limit_config(root / "limit_more.json", minutes * 60, bundle),
+                     {"pretrain_epochs": previous["psnr_phase"]["epochs"]}, log, threads, root)
+    state = torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["trainer"]
+    assert state["phase"] == "gan", state
+    extra = {"gan_final_continued": _evaluate(bundle, root / "heldout_data", bundle / "models" / "model_final.pt",
+                                              root / "eval_gan_more", log, threads, root),
+             "best_val_psnr_continued": _evaluate(bundle, root / "heldout_data", bundle / "models" / "model.pt",
+                                                  root / "eval_best_more", log, threads, root)}
+    report = dict(previous)
+    report["gan_phase_continued"] = {"iterations": int(state["iteration"]) - before, "seconds": round(seconds, 1)}
+    report["heldout"] = {**previous["heldout"],
+                         **{name: {"cases": r["cases"], "metrics": {k: v["mean"] for k, v in r["metrics"].items()},
+                                   "gain": r["gain"], "network_beats_interpolation": r["network_beats_interpolation"]}
+                            for name, r in extra.items()}}
+    summary = json.loads((bundle / "eval" / "train_summary.json").read_text())
+    report["best_val_psnr_during_training"] = summary.get("best_metric")
+    report["best_val_epoch"] = summary.get("best_metric_epoch")
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Super-resolution quality: SE-ESRGAN generator vs interpolation on held-out synthetic data", "",
+             "Generated by `python -m bench.sr_quality` (CPU-sized bundles trained on this machine's CPU; held-out "
+             "data written with another seed; metrics on [0, 1] intensities, PSNR peak 1).", ""]
+    for task, r in report["tasks"].items():
+        lines += [f"## {r['title']}", "",
+                  f"Training: PSNR phase {r['psnr_phase']['epochs']} epochs / {r['psnr_phase']['iterations']} "
+                  f"iterations in {r['psnr_phase']['seconds']:.0f} s; GAN phase {r['gan_phase']['iterations']} "
+                  f"iterations in {r['gan_phase']['seconds']:.0f} s"
+                  + (f", then {r['gan_phase_continued']['iterations']} more GAN iterations in "
+                     f"{r['gan_phase_continued']['seconds']:.0f} s (`--continue-gan-minutes`)"
+                     if "gan_phase_continued" in r else "")
+                  + f". Config: `{json.dumps(r['overrides'])}`.", "",
+                  f"| generator | held-out cases | PSNR network | PSNR {r['baseline']} | gain dB | SSIM network | "
+                  f"SSIM {r['baseline']} | gain | MSE network | MSE {r['baseline']} | "
+                  "cases where the network wins (PSNR) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, h in r["heldout"].items():
+            m, g = h["metrics"], h["gain"]
+            label = {"psnr_phase_best": "PSNR phase, best val (model.pt)",
+                     "gan_final": "after GAN phase (model_final.pt)",
+                     "gan_final_continued": "after the continued GAN phase (model_final.pt)",
+                     "best_val_psnr_continued": "best val PSNR over the whole run (model.pt)"}[name]
+            lines.append(f"| {label} | {h['cases']} | {m['val_psnr']:.2f} | {m['val_psnr_interp']:.2f} | "
+                         f"{g['psnr']:+.2f} | {m['val_ssim']:.4f} | {m['val_ssim_interp']:.4f} | {g['ssim']:+.4f} | "
+                         f"{m['val_mse']:.5f} | {m['val_mse_interp']:.5f} | "
+                         f"{100 * h['network_beats_interpolation']['psnr']:.0f} % |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["us", "ct"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sr_quality"), help="data, bundles and logs")
+    parser.add_argument("--psnr-minutes", type=float, default=8.0, help="PSNR-phase training time per task")
+    parser.add_argument("--gan-minutes", type=float, default=3.0, help="GAN-phase training time per task (0: none)")
+    parser.add_argument("--continue-gan-minutes", type=float, default=0.0,
+                        help="instead of a new run: resume the GAN phase of the tasks' earlier run for this long")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=HERE, help="folder of results_sr.json / results_sr.md")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from pipelines.io import write_json_atomic, write_text_atomic
+
+    path = args.out / "results_sr.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    report.setdefault("tasks", {})
+    for task in args.tasks:
+        print(f"[sr_quality] {task}: training and evaluating in {args.work / task}", flush=True)
+        if args.continue_gan_minutes > 0:
+            report["tasks"][task] = continue_task(task, args.work, args.continue_gan_minutes, args.threads,
+                                                  report["tasks"][task])
+        else:
+            report["tasks"][task] = run_task(task, args.work, args.psnr_minutes, args.gan_minutes, args.threads)
+        report["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_json_atomic(path, report)
+        write_text_atomic(args.out / "results_sr.md", markdown(report))
+        print(markdown(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()
