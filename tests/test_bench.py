@@ -34,3 +34,49 @@ def test_quick_bench_reports_every_figure_on_tiny_inputs(monkeypatch, tmp_path):
                                      (48, 48, 48)))
     table = bn.markdown(report)
     assert "| MONAI UNet |" in table and "| EDU (mde=False) | 16.02 M |" in table and "| HEMF | classification |" in table
+
+
+def test_pairwise_measures_multilabel_networks_and_ratios_to_the_baseline(monkeypatch):
+    """The FRCU-Net vs SegResNet comparison path: 4 channels in, 3 sigmoid regions out, ratios to the baseline."""
+    import queue
+
+    import bench.pairwise as pw
+    from bench.frcunet_vs_segresnet import NETWORKS
+
+    assert NETWORKS["FRCUNet (bundle)"][1]["features"] == [16, 32, 64, 128, 256]  # read from the bundle's train.json
+    setting = {"in_channels": 4, "out_channels": 3, "multilabel": True, "batch": 1, "train_patch": (32, 32, 32),
+               "volume": (40, 40, 36), "roi": (32, 32, 32), "steps": 1}
+    tiny = {
+        "SegResNet": ("monai.networks.nets.SegResNet", {"spatial_dims": 3, "in_channels": 4, "out_channels": 3,
+                                                        "init_filters": 8}),
+        "FRCUNet": ("networks.FRCUNet", {"spatial_dims": 3, "in_channels": 4, "out_channels": 3,
+                                         "features": [4, 8, 16, 32, 64], "freq_channels": 8,
+                                         "gauss_kernel_sizes": [3]}),
+    }
+
+    class _InlineContext:  # run the measurement in this process instead of a spawned one
+        Queue = queue.Queue
+
+        class Process:
+            def __init__(self, target, args):
+                self.target, self.args = target, args
+
+            def start(self):
+                self.target(*self.args)
+
+            def join(self):
+                pass
+
+    monkeypatch.setattr(pw.mp, "get_context", lambda _: _InlineContext)
+    report = pw.run(tiny, setting, "SegResNet", threads=1, mode="test")
+    base, frc = report["networks"]["SegResNet"], report["networks"]["FRCUNet"]
+    assert base["train_step_ratio"] == base["sliding_window_ratio"] == base["peak_rss_ratio"] == 1.0
+    assert math.isclose(frc["train_step_ratio"], frc["train_step_s"] / base["train_step_s"])
+    assert math.isclose(frc["voxels_per_s"], 40 * 40 * 36 / frc["sliding_window_s"])
+    from networks import FRCUNet
+
+    expected = sum(p.numel() for p in FRCUNet(3, 4, 3, features=[4, 8, 16, 32, 64], freq_channels=8,
+                                               gauss_kernel_sizes=[3]).parameters())
+    assert frc["params"] == expected
+    table = pw.markdown(report, "t")
+    assert "| FRCUNet |" in table and "x SegResNet" in table and "4 x 32x32x32" in table
