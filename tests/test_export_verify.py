@@ -153,7 +153,7 @@ def test_export_needs_trained_weights_unless_allowed(trained_lung_bundle, tmp_pa
 
 
 def test_scriptable_network_gives_torchscript_that_monai_loads(trained_lung_bundle, tmp_path, monkeypatch):
-    """E-DU cannot be scripted nor saved traced, so its export is ``model.pt2``; a scriptable ``network_def``
+    """E-DU is exported traced (it cannot be scripted); a scriptable ``network_def``
     (MONAI's UNet, weights given as ``{"model": state}``) gives ``models/model.ts``, which ``verify_bundle`` accepts
     and ``monai.bundle.load(load_ts_module=True)`` loads without downloading."""
     import monai.bundle

@@ -105,7 +105,9 @@ class FixedDepthwiseFilter(nn.Module):
         conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
         weight = self.weight.to(dtype=x.dtype)
         if self.padding_mode == "zeros":
-            if isinstance(self.weight, nn.Parameter):  # learnable: the weight gradient is needed, use autograd
+            if isinstance(self.weight, nn.Parameter) or torch.jit.is_tracing() or not torch.is_grad_enabled():
+                # learnable (the weight gradient is needed), traced (TorchScript cannot save the custom function)
+                # or no backward pass at all: the plain convolution
                 return conv(x, weight, padding=tuple(s // 2 for s in weight.shape[2:]), groups=self.channels)
             return _FixedDepthwiseConv.apply(x, weight, self.channels)
         return conv(F.pad(x, self._pad, mode=self.padding_mode), weight, groups=self.channels)
