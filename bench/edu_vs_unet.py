@@ -11,12 +11,7 @@ Writes ``bench/results_edu.json`` and ``bench/results_edu.md``.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from bench.pairwise import markdown, run
-
-HERE = Path(__file__).resolve().parent
+from bench import pairwise
 
 NETWORKS = {
     "EDU": ("networks.EDU", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2}),
@@ -35,17 +30,7 @@ TITLE = "E-DU vs MONAI UNet"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller inputs, finishes in a few minutes")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    args = parser.parse_args()
-    mode = "quick" if args.quick else "full"
-    report = run(NETWORKS, SETTINGS[mode], "MONAI UNet", args.threads, mode)
-    from pipelines.io import write_json_atomic, write_text_atomic
-
-    write_json_atomic(HERE / "results_edu.json", report)
-    write_text_atomic(HERE / "results_edu.md", markdown(report, TITLE))
-    print(markdown(report, TITLE))
+    pairwise.main(__doc__, NETWORKS, SETTINGS, "MONAI UNet", TITLE, "results_edu")
 
 
 if __name__ == "__main__":

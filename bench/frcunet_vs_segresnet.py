@@ -12,14 +12,12 @@ Writes ``bench/results_frcunet.json`` and ``bench/results_frcunet.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from bench.pairwise import markdown, run
+from bench import pairwise
 
-HERE = Path(__file__).resolve().parent
-BUNDLE = HERE.parent / "bundles" / "brats_mri_frcunet_segmentation"
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_frcunet_segmentation"
 
 
 def _bundle_network() -> dict:
@@ -46,17 +44,7 @@ TITLE = "FRCU-Net vs MONAI SegResNet on BraTS inputs"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller inputs, finishes in a few minutes")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    args = parser.parse_args()
-    mode = "quick" if args.quick else "full"
-    report = run(NETWORKS, SETTINGS[mode], "MONAI SegResNet", args.threads, mode)
-    from pipelines.io import write_json_atomic, write_text_atomic
-
-    write_json_atomic(HERE / "results_frcunet.json", report)
-    write_text_atomic(HERE / "results_frcunet.md", markdown(report, TITLE))
-    print(markdown(report, TITLE))
+    pairwise.main(__doc__, NETWORKS, SETTINGS, "MONAI SegResNet", TITLE, "results_frcunet")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,24 @@ def markdown(report: dict, title: str) -> str:
             f"{r['peak_rss_mib']:.0f} | {r['peak_rss_ratio']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def main(doc: str, networks: Mapping[str, tuple[str, dict]], settings: Mapping[str, dict], baseline: str,
+         title: str, results_stem: str, argv: list[str] | None = None) -> dict:
+    """Command line of a comparison: ``[--quick] [--threads N]``; writes ``bench/<results_stem>.json`` and ``.md``."""
+    import argparse
+    from pathlib import Path
+
+    from pipelines.io import write_json_atomic, write_text_atomic
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, finishes in a few minutes")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    args = parser.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    report = run(networks, settings[mode], baseline, args.threads, mode)
+    here = Path(__file__).resolve().parent
+    write_json_atomic(here / f"{results_stem}.json", report)
+    write_text_atomic(here / f"{results_stem}.md", markdown(report, title))
+    print(markdown(report, title))
+    return report

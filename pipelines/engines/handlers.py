@@ -46,7 +46,32 @@ def overlay_panels(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray
     return np.concatenate(panels, axis=2)  # (3, H, 3W)
 
 
-class TensorBoardSlices:
+class _EpochPanel:
+    """One image panel per epoch: ``_capture`` builds ``self._panel`` from an iteration's output (the first that
+    has what it needs), and it is written to TensorBoard at the epoch's end."""
+
+    writer: Any
+    tag: str
+    _panel: np.ndarray | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._capture)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._panel = None
+
+    def _capture(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def _write(self, engine: Engine) -> None:
+        if self._panel is not None:
+            self.writer.add_image(self.tag, self._panel, engine.state.epoch, dataformats="CHW")
+            self.writer.flush()
+
+
+class TensorBoardSlices(_EpochPanel):
     """Log one slice of the first validation case per epoch as CT | label | prediction panels.
 
     For 3D data the axial slice (last axis) with the largest label area is shown, or the middle slice when the label
@@ -68,14 +93,6 @@ class TensorBoardSlices:
         self.channel = channel
         self._panel: np.ndarray | None = None
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._capture)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
-
-    def _reset(self, engine: Engine) -> None:
-        self._panel = None
-
     def _capture(self, engine: Engine) -> None:
         if self._panel is not None:
             return
@@ -93,10 +110,6 @@ class TensorBoardSlices:
         image, label, pred = (np.flipud(a.T).copy() if a is not None else None for a in (image, label, pred))
         self._panel = overlay_panels(image, label, pred)
 
-    def _write(self, engine: Engine) -> None:
-        if self._panel is not None:
-            self.writer.add_image(self.tag, self._panel, engine.state.epoch, dataformats="CHW")
-            self.writer.flush()
 
 
 def triplet_panel(
@@ -142,7 +155,7 @@ def triplet_panel(
     return np.ascontiguousarray(panel, dtype=np.float32)
 
 
-class TensorBoardTriplets:
+class TensorBoardTriplets(_EpochPanel):
     """Write LR (nearest up-sampled) | SR | HR of the first item of each epoch as one TensorBoard image.
 
     For 3D data the shown plane contains the slice axis (see :func:`triplet_panel`), so the gain in slice-axis
@@ -179,14 +192,6 @@ class TensorBoardTriplets:
         self.channel = channel
         self._panel: np.ndarray | None = None
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._capture)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
-
-    def _reset(self, engine: Engine) -> None:
-        self._panel = None
-
     def _capture(self, engine: Engine) -> None:
         if self._panel is not None:
             return
@@ -202,10 +207,6 @@ class TensorBoardTriplets:
             lr, sr, hr = (item[k] for k in self.keys)
         self._panel = triplet_panel(lr, sr, hr, self.slice_axis, self.value_range, self.channel)
 
-    def _write(self, engine: Engine) -> None:
-        if self._panel is not None:
-            self.writer.add_image(self.tag, self._panel, engine.state.epoch, dataformats="CHW")
-            self.writer.flush()
 
 
 class LearningRateLogger:
