@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.bundle_runs import evaluate_bundle, time_limit_config, train_bundle
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -66,12 +66,6 @@ TASKS = {
 }
 
 
-def _env(threads: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"})
-    return env
-
-
 def _write_data(task: str, spec: dict, folder: Path) -> None:
     if folder.exists() and any(folder.iterdir()):
         return
@@ -86,51 +80,8 @@ def _write_data(task: str, spec: dict, folder: Path) -> None:
                      length_mm=spec["length_mm"], flip_fraction=0.3)
 
 
-def _time_limit_config(path: Path, seconds: float, bundle: Path) -> Path:
-    """An extra config: stop training at the first epoch end (after validation and checkpoint) past ``seconds``.
-
-    A later config file replaces top-level ids, so the bundle's ``imports`` are repeated with ``time`` added."""
-    imports = json.loads((bundle / "configs" / "train.json").read_text()).get("imports", [])
-    stop = ("$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED, lambda e, t0=time.time(): "
-            f"e.terminate() if time.time() - t0 > {float(seconds)} else None)")
-    config = {"imports": [*imports, "$import time", "$import ignite"], "training": [stop, "$@train#trainer.run()"]}
-    path.write_text(json.dumps(config, indent=4))
-    return path
-
-
-def _run(command: list[str], log: Path, threads: int, cwd: Path) -> float:
-    start = time.time()
-    with log.open("a") as f:
-        f.write(f"\n$ {' '.join(command)}\n")
-        f.flush()
-        proc = subprocess.run(command, cwd=cwd, env=_env(threads), stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"command failed ({proc.returncode}), see {log}: {' '.join(command)}")
-    return time.time() - start
-
-
-def _train(bundle: Path, data: Path, extra: Path, overrides: dict, log: Path, threads: int, work: Path) -> float:
-    configs = bundle / "configs"
-    command = [sys.executable, "-m", "monai.bundle", "run", "training",
-               "--meta_file", str(configs / "metadata.json"),
-               "--config_file", json.dumps([str(configs / "train.json"), str(extra)]),
-               "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(bundle),
-               "--dataset_dir", str(data)]
-    for key, value in overrides.items():
-        command += [f"--{key}", json.dumps(value)]
-    return _run(command, log, threads, work)
-
-
-def _evaluate(bundle: Path, data: Path, ckpt: Path, out: Path, log: Path, threads: int, work: Path) -> dict:
-    configs = bundle / "configs"
-    command = [sys.executable, "-m", "monai.bundle", "run",
-               "--config_file", json.dumps([str(configs / "train.json"), str(configs / "evaluate.json")]),
-               "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(bundle),
-               "--dataset_dir", str(data), "--eval_all", "true", "--ckpt_path", str(ckpt), "--output_dir", str(out)]
-    seconds = _run(command, log, threads, work)
-    summary = json.loads((out / "summary.json").read_text())
-    summary["seconds"] = round(seconds, 1)
-    return summary
+#: bundle settings recorded with each result (the shipped values unless the task overrides them)
+SETTINGS = ("interpolation_skip", "pixel_weight", "content", "content_weight", "gan_weight")
 
 
 def run_task(task: str, work: Path, psnr_minutes: float, gan_minutes: float, threads: int) -> dict:
@@ -148,8 +99,8 @@ def run_task(task: str, work: Path, psnr_minutes: float, gan_minutes: float, thr
     log.write_text("")
 
     # PSNR-oriented phase
-    limit = _time_limit_config(root / "limit_psnr.json", psnr_minutes * 60, bundle)
-    psnr_s = _train(bundle, train_data, limit, {}, log, threads, root)
+    limit = time_limit_config(root / "limit_psnr.json", psnr_minutes * 60, bundle)
+    psnr_s = train_bundle(bundle, train_data, limit, {}, log, threads, root)
     checkpoint = __import__("torch").load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
     psnr_iterations = int(checkpoint["trainer"]["iteration"])
     psnr_epochs = psnr_iterations // int(checkpoint["trainer"]["epoch_length"])
@@ -159,7 +110,7 @@ def run_task(task: str, work: Path, psnr_minutes: float, gan_minutes: float, thr
     # GAN phase: resume with pretrain_epochs = the epochs done, so the next epoch is a GAN epoch
     gan_s, gan_iterations = 0.0, 0
     if gan_minutes > 0:
-        gan_s = _train(bundle, train_data, _time_limit_config(root / "limit_gan.json", gan_minutes * 60, bundle),
+        gan_s = train_bundle(bundle, train_data, time_limit_config(root / "limit_gan.json", gan_minutes * 60, bundle),
                        {"pretrain_epochs": psnr_epochs}, log, threads, root)
         checkpoint = __import__("torch").load(bundle / "models" / "checkpoint.pt", map_location="cpu",
                                               weights_only=False)
@@ -167,15 +118,17 @@ def run_task(task: str, work: Path, psnr_minutes: float, gan_minutes: float, thr
         gan_iterations = int(checkpoint["trainer"]["iteration"]) - psnr_iterations
 
     results = {
-        "psnr_phase_best": _evaluate(bundle, heldout, bundle / "models" / "model_psnr.pt", root / "eval_psnr", log,
+        "psnr_phase_best": evaluate_bundle(bundle, heldout, bundle / "models" / "model_psnr.pt", root / "eval_psnr", log,
                                      threads, root),
     }
     if gan_minutes > 0:
-        results["gan_final"] = _evaluate(bundle, heldout, bundle / "models" / "model_final.pt", root / "eval_gan",
+        results["gan_final"] = evaluate_bundle(bundle, heldout, bundle / "models" / "model_final.pt", root / "eval_gan",
                                          log, threads, root)
     summary = json.loads((bundle / "eval" / "train_summary.json").read_text())
+    config = json.loads((bundle / "configs" / "train.json").read_text())
     return {
         "title": spec["title"],
+        "bundle_settings": {k: config.get(k) for k in SETTINGS},
         "baseline": spec["baseline"],
         "overrides": {**spec["overrides"], **spec["train_overrides"]},
         "train_data": spec["train_data"],
@@ -200,13 +153,13 @@ def continue_task(task: str, work: Path, minutes: float, threads: int, previous:
     torch = __import__("torch")
     before = int(torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["trainer"]
                  ["iteration"])
-    seconds = _train(bundle, root / "train_data", _time_limit_config(root / "limit_more.json", minutes * 60, bundle),
+    seconds = train_bundle(bundle, root / "train_data", time_limit_config(root / "limit_more.json", minutes * 60, bundle),
                      {"pretrain_epochs": previous["psnr_phase"]["epochs"]}, log, threads, root)
     state = torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["trainer"]
     assert state["phase"] == "gan", state
-    extra = {"gan_final_continued": _evaluate(bundle, root / "heldout_data", bundle / "models" / "model_final.pt",
+    extra = {"gan_final_continued": evaluate_bundle(bundle, root / "heldout_data", bundle / "models" / "model_final.pt",
                                               root / "eval_gan_more", log, threads, root),
-             "best_val_psnr_continued": _evaluate(bundle, root / "heldout_data", bundle / "models" / "model.pt",
+             "best_val_psnr_continued": evaluate_bundle(bundle, root / "heldout_data", bundle / "models" / "model.pt",
                                                   root / "eval_best_more", log, threads, root)}
     report = dict(previous)
     report["gan_phase_continued"] = {"iterations": int(state["iteration"]) - before, "seconds": round(seconds, 1)}
@@ -232,7 +185,9 @@ def markdown(report: dict) -> str:
                   + (f", then {r['gan_phase_continued']['iterations']} more GAN iterations in "
                      f"{r['gan_phase_continued']['seconds']:.0f} s (`--continue-gan-minutes`)"
                      if "gan_phase_continued" in r else "")
-                  + f". Config: `{json.dumps(r['overrides'])}`.", "",
+                  + f". Config: `{json.dumps(r['overrides'])}`"
+                  + (f"; bundle settings `{json.dumps(r['bundle_settings'])}`" if "bundle_settings" in r else "")
+                  + ".", "",
                   f"| generator | held-out cases | PSNR network | PSNR {r['baseline']} | gain dB | SSIM network | "
                   f"SSIM {r['baseline']} | gain | MSE network | MSE {r['baseline']} | "
                   "cases where the network wins (PSNR) |",

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from monai.networks.blocks import Convolution, SubpixelUpsample, UpSample
 from monai.networks.layers.factories import Act, Conv, Pool
@@ -300,6 +301,13 @@ class RRDBNet(nn.Module):
         se_ratio: reduction ratio of the squeeze-excite block.
         se_bias: whether the squeeze-excite FC layers have biases (Uneshance: no).
         lrelu_slope: negative slope of every LeakyReLU (ESRGAN 0.2; Uneshance 0.01, PyTorch's default).
+        interpolation_skip: ``None`` (the published generators) or an ``F.interpolate`` mode (``"bicubic"`` in 2D,
+            ``"trilinear"`` in 3D, ``"nearest"``, or ``"auto"`` for the one of the dimension): the network then learns
+            the residual to that interpolation of its input (global residual learning, as in VDSR and SRResNet-style
+            medical SR), ``output = conv_last(...) + interpolate(x)``. Needs ``in_channels == out_channels``; adds no
+            parameters, and ``conv_last`` starts at a tenth of its default scale so that training starts from the
+            interpolation. Medical images are mostly smooth, so this makes beating interpolation the starting point
+            rather than something the trunk has to learn first.
     """
 
     def __init__(
@@ -316,10 +324,24 @@ class RRDBNet(nn.Module):
         se_ratio: int = 8,
         se_bias: bool = False,
         lrelu_slope: float = 0.2,
+        interpolation_skip: str | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if interpolation_skip == "auto":
+            interpolation_skip = "bicubic" if spatial_dims == 2 else "trilinear"
+        allowed_skips = {2: ("nearest", "bilinear", "bicubic"), 3: ("nearest", "trilinear")}[spatial_dims]
+        if interpolation_skip is not None and interpolation_skip not in allowed_skips:
+            raise ValueError(
+                f"interpolation_skip must be None, 'auto' or one of {allowed_skips} in {spatial_dims}D, "
+                f"got {interpolation_skip!r}."
+            )
+        if interpolation_skip is not None and in_channels != out_channels:
+            raise ValueError(
+                f"interpolation_skip needs in_channels == out_channels, got {in_channels} and {out_channels}."
+            )
+        self.interpolation_skip = interpolation_skip
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}.")
         self.spatial_dims = spatial_dims
@@ -338,12 +360,22 @@ class RRDBNet(nn.Module):
         self.conv_hr = _conv3(spatial_dims, nf, nf)
         self.lrelu = _lrelu(lrelu_slope)
         self.conv_last = _conv3(spatial_dims, nf, out_channels)
+        if interpolation_skip is not None:
+            with torch.no_grad():
+                self.conv_last.weight.mul_(0.1)
+                if self.conv_last.bias is not None:
+                    self.conv_last.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         feat = self.se(self.upsample(feat))
-        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+        out = self.conv_last(self.lrelu(self.conv_hr(feat)))
+        if self.interpolation_skip is not None:
+            align = None if self.interpolation_skip == "nearest" else False
+            base = F.interpolate(x.float(), size=out.shape[2:], mode=self.interpolation_skip, align_corners=align)
+            out = out + base.to(out.dtype)
+        return out
 
 
 def esrgan(

@@ -182,11 +182,16 @@ def test_plain_esrgan_and_ct_x4_by_override():
     parser.update({"nf": 8, "gc": 8, "nb": 1, "se": False})
     net = parser.get_parsed_content("network_def")
     assert isinstance(net.se, torch.nn.Identity)
+    assert net.interpolation_skip == "bicubic"  # shipped: the residual to bicubic; null gives the published generator
+    parser.update({"interpolation_skip": None})
+    assert parser.get_parsed_content("network_def", lazy=False).interpolation_skip is None
     parser = ConfigParser()
     parser.read_config(str(CT_BUNDLE / "configs" / "inference.json"))
     parser.update({"nf": 8, "gc": 8, "nb": 1, "scale": [1, 1, 4]})
+    net = parser.get_parsed_content("network_def")
+    assert net.interpolation_skip == "trilinear"
     with torch.no_grad():
-        y = parser.get_parsed_content("network_def")(torch.zeros(1, 1, 8, 8, 4))
+        y = net(torch.zeros(1, 1, 8, 8, 4))
     assert y.shape == (1, 1, 8, 8, 16)
 
 

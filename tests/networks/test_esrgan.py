@@ -194,3 +194,41 @@ def test_one_batch_overfit():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize(
+    "spatial_dims, scale, skip, shape, mode",
+    [
+        (2, 4, "auto", (1, 1, 6, 5), "bicubic"),
+        (2, 2, "bilinear", (2, 1, 5, 7), "bilinear"),
+        (3, (1, 1, 2), "auto", (1, 1, 4, 5, 3), "trilinear"),
+        (3, (1, 1, 4), "nearest", (1, 1, 3, 3, 2), "nearest"),
+    ],
+)
+def test_interpolation_skip_adds_the_interpolated_input(spatial_dims, scale, skip, shape, mode):
+    """With the residual branch silenced the generator returns exactly the interpolation of its input; the skip adds
+    no parameters; and the branch starts small, so the untrained output is close to the interpolation."""
+    torch.manual_seed(0)
+    plain = RRDBNet(spatial_dims, 1, 1, scale=scale, **TINY)
+    net = RRDBNet(spatial_dims, 1, 1, scale=scale, interpolation_skip=skip, **TINY).eval()
+    assert n_params(net) == n_params(plain)
+    x = torch.rand(shape)
+    factors = (scale,) * spatial_dims if isinstance(scale, int) else scale
+    size = tuple(s * f for s, f in zip(shape[2:], factors))
+    expected = torch.nn.functional.interpolate(
+        x, size=size, mode=mode, align_corners=None if mode == "nearest" else False
+    )
+    with torch.no_grad():
+        untrained = net(x)
+        assert untrained.shape == expected.shape
+        assert (untrained - expected).abs().mean() < 0.5 * (plain(x) - expected).abs().mean()
+        net.conv_last.weight.zero_()
+        net.conv_last.bias.zero_()
+        torch.testing.assert_close(net(x), expected)
+
+
+def test_interpolation_skip_errors():
+    with pytest.raises(ValueError, match="in_channels == out_channels, got 1 and 2"):
+        RRDBNet(2, 1, 2, scale=2, interpolation_skip="bicubic", **TINY)
+    with pytest.raises(ValueError, match="one of \\('nearest', 'trilinear'\\) in 3D, got 'bicubic'"):
+        RRDBNet(3, 1, 1, scale=2, interpolation_skip="bicubic", **TINY)
