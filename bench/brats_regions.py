@@ -22,10 +22,9 @@ import argparse
 import csv
 import json
 import sys
-import time
 from pathlib import Path
 
-from bench.bundle_runs import evaluate_bundle, time_limit_config, train_bundle
+from bench.bundle_runs import evaluate_bundle, time_limit_config, train_bundle, write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -120,7 +119,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE, help="folder of results_brats.json / results_brats.md")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from pipelines.io import write_json_atomic, write_text_atomic
     from pipelines.synth.brats import write_brats
 
     train_data, heldout = args.work / "train_data", args.work / "heldout_data"
@@ -136,10 +134,7 @@ def main() -> None:
         print(f"[brats_regions] {name}: training {args.minutes} min and evaluating in {args.work / name}", flush=True)
         report["networks"][name] = run_network(name, args.work, train_data, heldout, args.minutes, args.threads,
                                                args.evaluate_only)
-        report["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        write_json_atomic(path, report)
-        write_text_atomic(args.out / "results_brats.md", markdown(report))
-        print(markdown(report), flush=True)
+        write_report(args.out, "results_brats", report, markdown)
 
 
 if __name__ == "__main__":

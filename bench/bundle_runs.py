@@ -78,3 +78,15 @@ def evaluate_bundle(bundle: Path, data: Path, ckpt: Path, out: Path, log: Path, 
     summary = json.loads((out / "summary.json").read_text())
     summary["seconds"] = round(seconds, 1)
     return summary
+
+
+def write_report(out: Path, stem: str, report: dict, markdown) -> None:
+    """Stamp ``report`` with the time, write ``<out>/<stem>.json`` and ``<out>/<stem>.md`` (``markdown(report)``)
+    atomically, and print the Markdown."""
+    from pipelines.io import write_json_atomic, write_text_atomic
+
+    report["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_json_atomic(out / f"{stem}.json", report)
+    text = markdown(report)
+    write_text_atomic(out / f"{stem}.md", text)
+    print(text, flush=True)

@@ -27,10 +27,9 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
-from bench.bundle_runs import evaluate_bundle, time_limit_config, train_bundle
+from bench.bundle_runs import evaluate_bundle, time_limit_config, train_bundle, write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -218,7 +217,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE, help="folder of results_sr.json / results_sr.md")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from pipelines.io import write_json_atomic, write_text_atomic
 
     path = args.out / "results_sr.json"
     report = json.loads(path.read_text()) if path.exists() else {}
@@ -230,10 +228,7 @@ def main() -> None:
                                                   report["tasks"][task])
         else:
             report["tasks"][task] = run_task(task, args.work, args.psnr_minutes, args.gan_minutes, args.threads)
-        report["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        write_json_atomic(path, report)
-        write_text_atomic(args.out / "results_sr.md", markdown(report))
-        print(markdown(report), flush=True)
+        write_report(args.out, "results_sr", report, markdown)
 
 
 if __name__ == "__main__":
