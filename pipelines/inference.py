@@ -34,7 +34,7 @@ from pipelines.io import read_image_information
 
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
 
-__all__ = ["InferenceResult", "BundleInferer", "MirrorTTA", "error_message", "infer_volumes", "load_weights"]
+__all__ = ["InferenceResult", "BundleInferer", "ChannelsLast", "MirrorTTA", "error_message", "infer_volumes", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class InferenceResult:
     output: str | None
     seconds: float
     error: str | None = None
+    #: of ``seconds``, the time spent in the sliding-window inferer (network and stitching)
+    inferer_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,6 +81,26 @@ def load_weights(network: torch.nn.Module, path: str | Path, device: torch.devic
         state = state["model"]
     target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
     target.load_state_dict(state)
+
+
+class ChannelsLast(torch.nn.Module):
+    """Run ``network`` in the channels-last memory format (NHWC in 2D, NDHWC in 3D) and return a contiguous output.
+
+    oneDNN on CPUs (and cuDNN with AMP on GPUs) has faster convolution kernels for channels-last tensors; measured
+    on this project's 2-core CPU for the E-DU demo network (4 windows of 48 x 48 x 32): fp32 1.53x, bf16 autocast
+    2.74x instead of 2.51x (``bench/fast_inference.py`` measures the whole inference path). The weights are converted
+    once here, every input window on the way in. The numbers do not change beyond floating-point reordering.
+    """
+
+    def __init__(self, network: torch.nn.Module, spatial_dims: int) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"channels-last needs 2 or 3 spatial dimensions, got {spatial_dims}")
+        self.memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+        self.network = network.to(memory_format=self.memory_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.contiguous(memory_format=self.memory_format)).contiguous()
 
 
 class MirrorTTA(torch.nn.Module):
@@ -115,6 +137,9 @@ class BundleInferer:
         precision: ``"auto"`` (the config's ``amp`` on CUDA, fp32 on a CPU), ``"fp32"``, ``"bf16"`` (autocast on the CPU
             too, fast where the CPU has AMX/AVX-512 BF16) or ``"fp16"`` (CUDA only).
         tta: average the outputs over mirrored inputs (:class:`MirrorTTA` on every spatial axis).
+        channels_last: run the network in the channels-last memory format (:class:`ChannelsLast`); ``None`` turns it
+            on with reduced precision (``"bf16"``, ``"fp16"``, or ``"auto"`` when that means AMP on CUDA), the fast
+            path, and leaves plain fp32 as it is.
     """
 
     def __init__(
@@ -127,6 +152,7 @@ class BundleInferer:
         config_file: str = "configs/inference.json",
         precision: str = "auto",
         tta: bool = False,
+        channels_last: bool | None = None,
     ) -> None:
         if precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -148,16 +174,20 @@ class BundleInferer:
         self._in_channels = self._config_int("network_def#in_channels")
         load_weights(self.network, weights or self.parser.get_parsed_content("ckpt_path"), self.device)
         self.network.eval()
-        if tta:
-            key = "network_def#spatial_dims"
-            dims = int(self.parser.get_parsed_content(key)) if key in self.parser else 3
-            self.network = MirrorTTA(self.network, tuple(range(dims))).eval()
         self.precision = precision
+        self.amp = bool(self.parser.get_parsed_content("amp")) if "amp" in self.parser else False
+        self.amp_dtype = self.parser.get_parsed_content("amp_dtype") if "amp_dtype" in self.parser else torch.float16
+        dims = self._spatial_dims if self._spatial_dims is not None else 3
+        if channels_last is None:
+            channels_last = self.reduced_precision
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.network = ChannelsLast(self.network, dims).eval()
+        if tta:
+            self.network = MirrorTTA(self.network, tuple(range(dims))).eval()
         self.preprocessing = self.parser.get_parsed_content("preprocessing")
         self.inferer = self.parser.get_parsed_content("inferer")
         self.postprocessing = self.parser.get_parsed_content("postprocessing")
-        self.amp = bool(self.parser.get_parsed_content("amp")) if "amp" in self.parser else False
-        self.amp_dtype = self.parser.get_parsed_content("amp_dtype") if "amp_dtype" in self.parser else torch.float16
         self.postfix = self._save_postfix()
         self._list_inputs = (self.parser.get_parsed_content("list_inputs") if "list_inputs" in self.parser
                              else list_volumes)
@@ -212,6 +242,12 @@ class BundleInferer:
     def output_path(self, image: str | Path) -> Path:
         return self.output_dir / f"{volume_name(image)}{self.postfix}"
 
+    @property
+    def reduced_precision(self) -> bool:
+        """Whether the network runs under bf16/fp16 autocast."""
+        return self.precision in ("bf16", "fp16") or (
+            self.precision == "auto" and self.amp and self.device.type == "cuda")
+
     def _autocast(self):
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -244,13 +280,17 @@ class BundleInferer:
                                  "prediction meaningless, so fix or replace them (e.g. with the background value)")
             with torch.inference_mode(), self._autocast():
                 batch = data["image"].unsqueeze(0).to(self.device)
+                inferer_start = time.time()
                 data["pred"] = self.inferer(batch, self.network)[0].float()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                inferer_seconds = time.time() - inferer_start
             result = self.postprocessing(data)
         except Exception as e:  # one bad input must not stop the others; the caller reports it
             return InferenceResult(source, None, time.time() - start, error_message(e, source))
         if isinstance(result, dict) and "output_path" in result:  # savers that report where they wrote
             out = Path(result["output_path"])
-        return InferenceResult(source, str(out), time.time() - start)
+        return InferenceResult(source, str(out), time.time() - start, inferer_seconds=inferer_seconds)
 
 
 def _source(item: dict) -> str:
@@ -271,6 +311,7 @@ def infer_volumes(
     echo=print,
     precision: str = "auto",
     tta: bool = False,
+    channels_last: bool | None = None,
 ) -> list[InferenceResult]:
     """Run a bundle on every volume in ``inputs`` (files, DICOM folders, or folders of volumes).
 
@@ -280,7 +321,8 @@ def infer_volumes(
     read becomes a failed result with its error, and the others still run. ``echo`` receives one progress line per
     volume.
     """
-    engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides, precision=precision, tta=tta)
+    engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides, precision=precision, tta=tta,
+                           channels_last=channels_last)
     volumes: list[dict] = []
     results: list[InferenceResult] = []
     for item in inputs:

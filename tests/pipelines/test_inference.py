@@ -12,9 +12,10 @@ import numpy as np
 import pydicom.data
 import pytest
 import SimpleITK as sitk
+import torch
 
 from pipelines.data.volumes import list_volumes, volume_name
-from pipelines.inference import infer_volumes
+from pipelines.inference import BundleInferer, ChannelsLast, infer_volumes
 
 DICOM_SERIES = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 
@@ -126,6 +127,30 @@ def test_mirror_tta_is_the_mean_over_flips():
         assert torch.allclose(MirrorTTA(pointwise)(x), pointwise(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_wrapper_gives_the_same_output_in_the_standard_layout(spatial_dims):
+    conv = torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d
+    net = torch.nn.Sequential(conv(2, 4, 3, padding=1), torch.nn.ReLU(), conv(4, 3, 1)).eval()
+    x = torch.randn(2, 2, *(6, 7, 5)[:spatial_dims])
+    with torch.no_grad():
+        expected = net(x)
+        wrapped = ChannelsLast(net, spatial_dims)
+        fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+        assert wrapped.network[0].weight.is_contiguous(memory_format=fmt)
+        y = wrapped(x)
+    assert y.is_contiguous() and torch.allclose(y, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="2 or 3 spatial dimensions, got 1"):
+        ChannelsLast(net, 1)
+
+
+def test_channels_last_is_on_for_the_fast_path_only(trained_lung_bundle, tmp_path):
+    assert not BundleInferer(trained_lung_bundle, tmp_path / "a", precision="fp32").channels_last
+    fast = BundleInferer(trained_lung_bundle, tmp_path / "b", precision="bf16")
+    assert fast.channels_last and isinstance(fast.network, ChannelsLast)
+    assert not BundleInferer(trained_lung_bundle, tmp_path / "c", precision="bf16", channels_last=False).channels_last
+    assert BundleInferer(trained_lung_bundle, tmp_path / "d", precision="fp32", channels_last=True).channels_last
+
+
 def test_bf16_and_tta_inference_keep_geometry_and_agree_with_fp32(trained_lung_bundle, inputs, tmp_path):
     results = {}
     for name, kwargs in {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "tta": {"tta": True}}.items():
@@ -138,3 +163,25 @@ def test_bf16_and_tta_inference_keep_geometry_and_agree_with_fp32(trained_lung_b
     assert agreement > 0.99, f"bf16 changed {1 - agreement:.2%} of the voxels"
     with pytest.raises(ValueError, match="precision must be"):
         infer_volumes(trained_lung_bundle, [], tmp_path / "x", precision="fp8")
+
+
+def test_cli_fast_path_flags(trained_lung_bundle, inputs, tmp_path, capsys, monkeypatch):
+    """``python -m pipelines infer --precision bf16 [--channels-last off]`` reach the engine and write predictions."""
+    import pipelines.__main__ as cli
+    import pipelines.inference as inference
+
+    seen = []
+    original = inference.BundleInferer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append((self.precision, self.channels_last))
+
+    monkeypatch.setattr(inference.BundleInferer, "__init__", spy)
+    for flag, expected in (([], True), (["--channels-last", "off"], False)):
+        out = tmp_path / f"cl_{expected}"
+        code = cli.main(["infer", str(trained_lung_bundle), str(inputs["mhd"]), "--output", str(out),
+                         "--precision", "bf16", *flag])
+        assert code == 0, capsys.readouterr()
+        assert seen[-1] == ("bf16", expected)
+        assert len(list(out.glob("*_seg.nii.gz"))) == 1
