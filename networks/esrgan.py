@@ -303,8 +303,8 @@ class RRDBNet(nn.Module):
         lrelu_slope: negative slope of every LeakyReLU (ESRGAN 0.2; Uneshance 0.01, PyTorch's default).
         interpolation_skip: ``None`` (the published generators) or an ``F.interpolate`` mode (``"bicubic"`` in 2D,
             ``"trilinear"`` in 3D, ``"nearest"``, or ``"auto"`` for the one of the dimension): the network then learns
-            the residual to that interpolation of its input (global residual learning, as in VDSR and SRResNet-style
-            medical SR), ``output = conv_last(...) + interpolate(x)``. Needs ``in_channels == out_channels``; adds no
+            the residual to that interpolation of its input (global residual learning, as in VDSR, Kim et al.,
+            CVPR 2016), ``output = conv_last(...) + interpolate(x)``. Needs ``in_channels == out_channels``; adds no
             parameters, and ``conv_last`` starts at a tenth of its default scale so that training starts from the
             interpolation. Medical images are mostly smooth, so this makes beating interpolation the starting point
             rather than something the trunk has to learn first.
