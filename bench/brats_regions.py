@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
-from bench.bundle_runs import evaluate_bundle, time_limit_config, train_bundle, write_report
+from bench.bundle_runs import evaluate_bundle, network_parameters, time_limit_config, train_bundle, write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -50,8 +49,6 @@ REGIONS = ("TC", "WT", "ET")
 def run_network(name: str, work: Path, train_data: Path, heldout: Path, minutes: float, threads: int,
                 evaluate_only: bool = False) -> dict:
     """Train (unless ``evaluate_only``: reuse the bundle trained in ``work`` before) and evaluate one network."""
-    from monai.bundle import ConfigParser
-
     from pipelines.bundle import derive_bundle
 
     spec = NETWORKS[name]
@@ -63,9 +60,7 @@ def run_network(name: str, work: Path, train_data: Path, heldout: Path, minutes:
         log.write_text("")
         train_bundle(bundle, train_data, time_limit_config(root / "limit.json", minutes * 60, bundle), {}, log,
                      threads, root)
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    params = sum(p.numel() for p in parser.get_parsed_content("network_def").parameters())
+    params = network_parameters(bundle)
     summary = evaluate_bundle(bundle, heldout, bundle / "models" / "model.pt", root / "eval", log, threads, root)
     train_summary = json.loads((bundle / "eval" / "train_summary.json").read_text())
     with (root / "eval" / "metrics.csv").open() as f:
@@ -118,7 +113,6 @@ def main() -> None:
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the bundles trained in --work before")
     parser.add_argument("--out", type=Path, default=HERE, help="folder of results_brats.json / results_brats.md")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     from pipelines.synth.brats import write_brats
 
     train_data, heldout = args.work / "train_data", args.work / "heldout_data"

@@ -1,5 +1,5 @@
 """Run a bundle's ``training`` and ``evaluate`` workflows in fresh processes, as a user would, for the quality benches
-(:mod:`bench.sr_quality`, :mod:`bench.brats_regions`).
+(:mod:`bench.sr_quality`, :mod:`bench.brats_regions`, :mod:`bench.isic_segmentation`).
 
 Each command runs ``python -m monai.bundle run ...`` with ``OMP_NUM_THREADS`` set, appends its output to a log
 file and raises with the log's path when it fails. Training can be stopped by wall time at the first epoch end
@@ -63,8 +63,7 @@ def train_bundle(bundle: Path, data: Path, extra: Path | None, overrides: dict, 
     return run_logged(command, log, threads, work)
 
 
-def evaluate_bundle(bundle: Path, data: Path, ckpt: Path, out: Path, log: Path, threads: int, work: Path,
-                    overrides: dict | None = None) -> dict:
+def evaluate_bundle(bundle: Path, data: Path, ckpt: Path, out: Path, log: Path, threads: int, work: Path) -> dict:
     """``evaluate.json`` over every case of ``data`` (``eval_all``) with the weights ``ckpt``; returns the report's
     ``summary.json`` with the wall time added."""
     configs = bundle / "configs"
@@ -72,12 +71,19 @@ def evaluate_bundle(bundle: Path, data: Path, ckpt: Path, out: Path, log: Path, 
                "--config_file", json.dumps([str(configs / "train.json"), str(configs / "evaluate.json")]),
                "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(bundle),
                "--dataset_dir", str(data), "--eval_all", "true", "--ckpt_path", str(ckpt), "--output_dir", str(out)]
-    for key, value in (overrides or {}).items():
-        command += [f"--{key}", json.dumps(value)]
     seconds = run_logged(command, log, threads, work)
     summary = json.loads((out / "summary.json").read_text())
     summary["seconds"] = round(seconds, 1)
     return summary
+
+
+def network_parameters(bundle: Path) -> int:
+    """Parameter count of the network ``train.json`` of ``bundle`` builds (``network_def``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    return sum(p.numel() for p in parser.get_parsed_content("network_def").parameters())
 
 
 def write_report(out: Path, stem: str, report: dict, markdown) -> None:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from bench.bundle_runs import evaluate_bundle, time_limit_config, train_bundle, write_report
+from bench.bundle_runs import evaluate_bundle, network_parameters, time_limit_config, train_bundle, write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -34,8 +33,6 @@ POOLED = ("dice", "jaccard", "sensitivity", "specificity", "accuracy")
 
 
 def run(work: Path, minutes: float, threads: int, train_images: int, heldout_images: int) -> dict:
-    from monai.bundle import ConfigParser
-
     from pipelines.bundle import derive_bundle
     from pipelines.synth.isic import write_isic_seg
 
@@ -49,9 +46,7 @@ def run(work: Path, minutes: float, threads: int, train_images: int, heldout_ima
     log.write_text("")
     train_bundle(bundle, train_data, time_limit_config(work / "limit.json", minutes * 60, bundle), {}, log, threads,
                  work)
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    params = sum(p.numel() for p in parser.get_parsed_content("network_def").parameters())
+    params = network_parameters(bundle)
     summary = evaluate_bundle(bundle, heldout, bundle / "models" / "model.pt", work / "eval", log, threads, work)
     train_summary = json.loads((bundle / "eval" / "train_summary.json").read_text())
     return {
@@ -94,7 +89,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE, help="folder of results_isic.json / results_isic.md")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     args.work.mkdir(parents=True, exist_ok=True)
     report = run(args.work, args.minutes, args.threads, args.train_images, args.heldout_images)
     write_report(args.out, "results_isic", report, markdown)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from bench.bundle_runs import evaluate_bundle, time_limit_config, train_bundle, write_report
@@ -109,20 +108,20 @@ def run_task(task: str, work: Path, psnr_minutes: float, gan_minutes: float, thr
     # GAN phase: resume with pretrain_epochs = the epochs done, so the next epoch is a GAN epoch
     gan_s, gan_iterations = 0.0, 0
     if gan_minutes > 0:
-        gan_s = train_bundle(bundle, train_data, time_limit_config(root / "limit_gan.json", gan_minutes * 60, bundle),
-                       {"pretrain_epochs": psnr_epochs}, log, threads, root)
+        limit = time_limit_config(root / "limit_gan.json", gan_minutes * 60, bundle)
+        gan_s = train_bundle(bundle, train_data, limit, {"pretrain_epochs": psnr_epochs}, log, threads, root)
         checkpoint = __import__("torch").load(bundle / "models" / "checkpoint.pt", map_location="cpu",
                                               weights_only=False)
         assert checkpoint["trainer"]["phase"] == "gan", checkpoint["trainer"]
         gan_iterations = int(checkpoint["trainer"]["iteration"]) - psnr_iterations
 
     results = {
-        "psnr_phase_best": evaluate_bundle(bundle, heldout, bundle / "models" / "model_psnr.pt", root / "eval_psnr", log,
-                                     threads, root),
+        "psnr_phase_best": evaluate_bundle(bundle, heldout, bundle / "models" / "model_psnr.pt", root / "eval_psnr",
+                                           log, threads, root),
     }
     if gan_minutes > 0:
-        results["gan_final"] = evaluate_bundle(bundle, heldout, bundle / "models" / "model_final.pt", root / "eval_gan",
-                                         log, threads, root)
+        results["gan_final"] = evaluate_bundle(bundle, heldout, bundle / "models" / "model_final.pt",
+                                               root / "eval_gan", log, threads, root)
     summary = json.loads((bundle / "eval" / "train_summary.json").read_text())
     config = json.loads((bundle / "configs" / "train.json").read_text())
     return {
@@ -146,20 +145,21 @@ def run_task(task: str, work: Path, psnr_minutes: float, gan_minutes: float, thr
 def continue_task(task: str, work: Path, minutes: float, threads: int, previous: dict) -> dict:
     """Resume the GAN phase of an earlier run of ``task`` (same bundle, same data) for ``minutes`` more, then
     evaluate the generator at the end (``model_final.pt``) and the best-PSNR one (``model.pt``) on the held-out set."""
-    spec = TASKS[task]
     root = work / task
     bundle, log = root / "bundle", root / "log.txt"
     torch = __import__("torch")
     before = int(torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["trainer"]
                  ["iteration"])
-    seconds = train_bundle(bundle, root / "train_data", time_limit_config(root / "limit_more.json", minutes * 60, bundle),
-                     {"pretrain_epochs": previous["psnr_phase"]["epochs"]}, log, threads, root)
+    limit = time_limit_config(root / "limit_more.json", minutes * 60, bundle)
+    seconds = train_bundle(bundle, root / "train_data", limit, {"pretrain_epochs": previous["psnr_phase"]["epochs"]},
+                           log, threads, root)
     state = torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["trainer"]
     assert state["phase"] == "gan", state
-    extra = {"gan_final_continued": evaluate_bundle(bundle, root / "heldout_data", bundle / "models" / "model_final.pt",
-                                              root / "eval_gan_more", log, threads, root),
-             "best_val_psnr_continued": evaluate_bundle(bundle, root / "heldout_data", bundle / "models" / "model.pt",
-                                                  root / "eval_best_more", log, threads, root)}
+    heldout = root / "heldout_data"
+    extra = {"gan_final_continued": evaluate_bundle(bundle, heldout, bundle / "models" / "model_final.pt",
+                                                    root / "eval_gan_more", log, threads, root),
+             "best_val_psnr_continued": evaluate_bundle(bundle, heldout, bundle / "models" / "model.pt",
+                                                        root / "eval_best_more", log, threads, root)}
     report = dict(previous)
     report["gan_phase_continued"] = {"iterations": int(state["iteration"]) - before, "seconds": round(seconds, 1)}
     report["heldout"] = {**previous["heldout"],
@@ -216,8 +216,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE, help="folder of results_sr.json / results_sr.md")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-
     path = args.out / "results_sr.json"
     report = json.loads(path.read_text()) if path.exists() else {}
     report.setdefault("tasks", {})
