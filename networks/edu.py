@@ -101,7 +101,8 @@ class MDE(nn.Module):
     OpenCV size rule) and enhanced:
 
     - ``enhance="dog"``: ``E_k = G_k(x) + alpha * (G_k(x) - G_{k+2}(x))`` (unsharp masking by a difference of Gaussians);
-    - ``enhance="laplacian"``: ``E_k = G_k(x) - alpha * Laplacian(G_k(x))`` (MONAI's ``LaplaceFilter`` kernel).
+    - ``enhance="laplacian"``: ``E_k = G_k(x) + alpha * L(G_k(x))`` with ``L`` MONAI's ``LaplaceFilter`` kernel, whose
+      centre is positive (``L = -nabla^2``): adding it sharpens, as ``g - alpha * nabla^2 g`` does.
 
     The maps ``[x, E_k...]`` are fused by ``fusion="concat"`` (1x1 conv -> norm -> act back to C channels) or
     ``fusion="sum"`` (their mean; no parameters). Input and output: ``(B, C, *spatial)``, same shape.
@@ -167,7 +168,7 @@ class MDE(nn.Module):
             if self.enhance == "dog":
                 maps.append(g + self.alpha * (g - blurred[str(k + 2)]))
             else:
-                maps.append(g - self.alpha * self.laplacian(g))
+                maps.append(g + self.alpha * self.laplacian(g))
         if self.fusion == "sum":
             return torch.stack(maps, dim=0).mean(dim=0)
         return self.fuse(torch.cat(maps, dim=1))
