@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench lint mutate clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -W ignore -m pipelines bench $(BENCH_ARGS)
+
+mutate: $(STAMP)
+	$(PY) -m tests.mutate $(MUTATE_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m compileall -q networks pipelines bench tests
