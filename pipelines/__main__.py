@@ -91,7 +91,7 @@ def _infer(args: argparse.Namespace) -> int:
         overrides["sw_batch_size"] = args.sw_batch_size
     try:
         results = infer_volumes(args.bundle, args.inputs, args.output, weights=args.weights, overrides=overrides,
-                                precision=args.precision, tta=args.tta,
+                                precision=args.precision, tta=args.tta, series=args.series or "",
                                 channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: AMP on CUDA as the bundle says, fp32 on a CPU; bf16 also on CPUs with AMX/AVX-512 BF16")
     infer.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                        help="channels-last memory format for the network (auto: on with bf16/fp16, the fast path)")
+    infer.add_argument("--series", metavar="UID", help="DICOM folders holding several series: run this "
+                       "SeriesInstanceUID only (default: each series is its own output, named by its UID)")
     infer.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 passes per window in 3D)")
     infer.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
                        help="override any inference.json value, e.g. --set stitch_device=cpu (repeatable)")

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pickle
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +32,9 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 
-from pipelines.data.preflight import ensure_writable, read_voxels
 from pipelines.data.volumes import list_volumes, volume_name
-from pipelines.io import read_image_information
+from pipelines.io import SELECTED_SERIES, dicom_series, ensure_writable, read_image_information
+from pipelines.io.readers import read_voxels
 
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
 
@@ -78,11 +82,23 @@ def load_weights(network: torch.nn.Module, path: str | Path, device: torch.devic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: trained weights not found (train the bundle first, or pass --weights)")
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a plain weights file (a state dict of tensors); refusing to load it, since "
+                         f"unpickling arbitrary objects can run code ({reason[:160]})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of the network's weights")
     target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
-    target.load_state_dict(state)
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"{path}: these weights do not fit the bundle's network_def ({first[:200]}); was the "
+                         "network changed by an override after training?") from None
 
 
 class ChannelsLast(torch.nn.Module):
@@ -164,21 +180,34 @@ class BundleInferer:
             raise FileNotFoundError(f"{config}: bundle inference config not found")
         self.output_dir = Path(output_dir)
         ensure_writable(self.output_dir, what="predictions")
+        _remove_dead_staging(self.output_dir)
+        # every saver writes into this private folder; a finished prediction is moved out under its unique name, so a
+        # killed run leaves no file that looks like a result, and two inputs of one name cannot overwrite each other
+        self.staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=self.output_dir))
         self.parser = ConfigParser()
-        self.parser.read_config(str(config))
+        try:
+            self.parser.read_config(str(config))
+        except Exception as e:  # noqa: BLE001 - a JSON/YAML error: one line, not a traceback
+            raise ValueError(f"{config}: cannot read the config ({_one_line(e)})") from None
         self.parser.update(
-            {"bundle_root": str(self.bundle_dir), "output_dir": str(self.output_dir), "dataset_dir": "", "datalist": []}
+            {"bundle_root": str(self.bundle_dir), "output_dir": str(self.staging), "dataset_dir": "", "datalist": []}
         )
         self.parser.update(dict(overrides or {}))
-        self.device = torch.device(self.parser.get_parsed_content("device"))
-        self.network = self.parser.get_parsed_content("network")
+        self.device = torch.device(self._build("device"))
+        for key in ("network_def", "network"):  # network_def is resolved once; network reuses it
+            if key in self.parser:
+                built = self._build(key)
+                if not isinstance(built, torch.nn.Module):
+                    raise ValueError(f"{config}: {key!r} builds a {type(built).__name__}, not a torch.nn.Module "
+                                     "(check network_def's _target_)")
+        self.network = built
         self._spatial_dims = self._config_int("network_def#spatial_dims")
         self._in_channels = self._config_int("network_def#in_channels")
-        load_weights(self.network, weights or self.parser.get_parsed_content("ckpt_path"), self.device)
+        load_weights(self.network, weights or self._build("ckpt_path"), self.device)
         self.network.eval()
         self.precision = precision
-        self.amp = bool(self.parser.get_parsed_content("amp")) if "amp" in self.parser else False
-        self.amp_dtype = self.parser.get_parsed_content("amp_dtype") if "amp_dtype" in self.parser else torch.float16
+        self.amp = bool(self._build("amp")) if "amp" in self.parser else False
+        self.amp_dtype = self._build("amp_dtype") if "amp_dtype" in self.parser else torch.float16
         dims = self._spatial_dims if self._spatial_dims is not None else 3
         if channels_last is None:
             channels_last = self.reduced_precision
@@ -187,12 +216,22 @@ class BundleInferer:
             self.network = ChannelsLast(self.network, dims).eval()
         if tta:
             self.network = MirrorTTA(self.network, tuple(range(dims))).eval()
-        self.preprocessing = self.parser.get_parsed_content("preprocessing")
-        self.inferer = self.parser.get_parsed_content("inferer")
-        self.postprocessing = self.parser.get_parsed_content("postprocessing")
+        self.preprocessing = self._build("preprocessing")
+        self.inferer = self._build("inferer")
+        self.postprocessing = self._build("postprocessing")
         self.postfix = self._save_postfix()
-        self._list_inputs = (self.parser.get_parsed_content("list_inputs") if "list_inputs" in self.parser
-                             else list_volumes)
+        self._list_inputs = self._build("list_inputs") if "list_inputs" in self.parser else list_volumes
+
+    def _build(self, key: str) -> Any:
+        """``parser.get_parsed_content(key)`` with a one-line error naming the config and the key."""
+        try:
+            return self.parser.get_parsed_content(key)
+        except Exception as e:  # noqa: BLE001 - MONAI wraps every instantiation error; the user needs one line
+            raise ValueError(f"{self.bundle_dir / 'configs'}: cannot build {key!r} ({_one_line(e)})") from None
+
+    def close(self) -> None:
+        """Remove the staging folder (what is left there is only what a failed input began to write)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     def _config_int(self, key: str) -> int | None:
         try:
@@ -209,13 +248,17 @@ class BundleInferer:
         for name in files:
             path = Path(str(name))
             if path.is_dir():
+                series = dicom_series(path, item.get("series_uid", ""))
+                if len(series) > 1:
+                    raise ValueError(f"{path}: holds {len(series)} DICOM series ({', '.join(s.uid for s in series)});"
+                                     " choose one with --series UID")
                 return
             try:
                 info = read_image_information(path)
             except ValueError:
-                if not path.exists():
+                if path.name.lower().endswith(_SITK_SUFFIXES) or not path.exists():
                     raise
-                return  # a format SimpleITK does not know: the bundle's reader decides
+                return  # a PNG or JPEG SimpleITK cannot read: the bundle's own reader decides, and says why
             if self._spatial_dims is not None and info.GetDimension() != self._spatial_dims:
                 hint = " (a time series or several volumes in one file? pass one volume)" \
                     if info.GetDimension() > self._spatial_dims else ""
@@ -241,8 +284,23 @@ class BundleInferer:
                 return f"_{layout.postfix}{layout.ext}" if layout.postfix else layout.ext
         return "_seg.nii.gz"
 
-    def output_path(self, image: str | Path) -> Path:
-        return self.output_dir / f"{volume_name(image)}{self.postfix}"
+    def output_path(self, image: str | Path, stem: str | None = None) -> Path:
+        """Where the prediction of ``image`` is written: ``<stem><postfix>``, the stem by default its volume name."""
+        return self.output_dir / f"{stem or volume_name(image)}{self.postfix}"
+
+    def _publish(self, default_stem: str, stem: str) -> list[Path]:
+        """Move what the savers wrote into the staging folder to the output folder, ``default_stem`` renamed."""
+        moved = []
+        for path in sorted(p for p in self.staging.rglob("*") if p.is_file()):
+            rel = path.relative_to(self.staging)
+            name = rel.name
+            if stem != default_stem:
+                name = stem + name[len(default_stem):] if name.startswith(default_stem) else f"{stem}_{name}"
+            target = self.output_dir / rel.parent / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            moved.append(target)
+        return moved
 
     @property
     def reduced_precision(self) -> bool:
@@ -266,12 +324,17 @@ class BundleInferer:
         folders, 2D images...), else :func:`~pipelines.data.volumes.list_volumes`."""
         return list(self._list_inputs(path))
 
-    def __call__(self, image: str | Path | dict) -> InferenceResult:
-        """Run on one input: a path (``{"image": path}``) or a data item from :meth:`list_inputs`."""
+    def __call__(self, image: str | Path | dict, stem: str | None = None) -> InferenceResult:
+        """Run on one input: a path (``{"image": path}``) or a data item from :meth:`list_inputs`.
+
+        ``stem`` names the output (``<stem><postfix>``); :func:`infer_volumes` gives each input a unique one."""
         start = time.time()
         item = dict(image) if isinstance(image, dict) else {"image": str(image)}
         source = _source(item)
-        out = self.output_path(item["image"] if isinstance(item["image"], (str, Path)) else source)
+        default_stem = volume_name(item["image"] if isinstance(item["image"], (str, Path)) else source)
+        stem = stem or default_stem
+        out = self.output_path(source, stem)
+        token = SELECTED_SERIES.set(str(item.get("series_uid", "")))
         try:
             self._check_input(item)
             data = self.preprocessing(item)
@@ -287,11 +350,16 @@ class BundleInferer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 inferer_seconds = time.time() - inferer_start
-            result = self.postprocessing(data)
+            self.postprocessing(data)
+            moved = self._publish(default_stem, stem)
         except Exception as e:  # one bad input must not stop the others; the caller reports it
+            for partial in (p for p in self.staging.rglob("*") if p.is_file()):
+                partial.unlink()
             return InferenceResult(source, None, time.time() - start, error_message(e, source))
-        if isinstance(result, dict) and "output_path" in result:  # savers that report where they wrote
-            out = Path(result["output_path"])
+        finally:
+            SELECTED_SERIES.reset(token)
+        if out not in moved and moved:  # a saver with its own naming (PNG masks, BraTS label maps...)
+            out = next((p for p in moved if p.name.startswith(stem)), moved[0])
         return InferenceResult(source, str(out), time.time() - start, inferer_seconds=inferer_seconds)
 
 
@@ -314,8 +382,13 @@ def infer_volumes(
     precision: str = "auto",
     tta: bool = False,
     channels_last: bool | None = None,
+    series: str = "",
 ) -> list[InferenceResult]:
     """Run a bundle on every volume in ``inputs`` (files, DICOM folders, or folders of volumes).
+
+    Inputs that name the same file (and series) twice are run once, with a warning; outputs are named by
+    :func:`output_stems`, so no two inputs share one. ``series`` keeps only that SeriesInstanceUID of DICOM folders
+    that hold several (each other series is otherwise its own output).
 
     Each input is expanded with the bundle's ``list_inputs`` (an optional ``inference.json`` id: a callable mapping
     a path to data items, e.g. :func:`pipelines.data.brats.brats_cases` for case folders) or else
@@ -325,19 +398,109 @@ def infer_volumes(
     """
     engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides, precision=precision, tta=tta,
                            channels_last=channels_last)
-    volumes: list[dict] = []
-    results: list[InferenceResult] = []
-    for item in inputs:
+    try:
+        volumes: list[dict] = []
+        results: list[InferenceResult] = []
+        for item in inputs:
+            try:
+                found = engine.list_inputs(item)
+            except ValueError as e:
+                results.append(InferenceResult(str(item), None, 0.0, str(e)))
+                echo(f"error: {e}")
+                continue
+            if series:
+                found = [v for v in found if v.get("series_uid", series) == series]
+                if not found:
+                    results.append(InferenceResult(str(item), None, 0.0, f"{item}: no DICOM series {series}"))
+                    echo(f"error: {item}: no DICOM series {series}")
+            volumes.extend(found)
+        volumes, duplicates = unique_inputs(volumes)
+        for dup in duplicates:
+            echo(f"warning: {dup} is given more than once; it is run once")
+        stems = output_stems(volumes)  # ValueError before anything is written when names cannot be made unique
+        for i, (volume, stem) in enumerate(zip(volumes, stems), start=1):
+            result = engine(volume, stem)
+            results.append(result)
+            if result.ok:
+                echo(f"[{i}/{len(volumes)}] {result.input} -> {result.output} ({result.seconds:.1f} s)")
+            else:
+                echo(f"[{i}/{len(volumes)}] error: {result.error}")
+        return results
+    finally:
+        engine.close()
+
+
+def _input_key(item: dict) -> tuple:
+    images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
+    return tuple(str(Path(str(p)).resolve()) for p in images), str(item.get("series_uid", ""))
+
+
+def unique_inputs(items: list[dict]) -> tuple[list[dict], list[str]]:
+    """``items`` without repeats of the same file(s) and series, and the names of the repeated ones."""
+    seen: set[tuple] = set()
+    kept, repeated = [], []
+    for item in items:
+        key = _input_key(item)
+        if key in seen:
+            repeated.append(_source(item))
+            continue
+        seen.add(key)
+        kept.append(item)
+    return kept, repeated
+
+
+def output_stems(items: list[dict]) -> list[str]:
+    """One output name per input, unique: the volume name (``_<SeriesInstanceUID>`` for one series of a folder that
+    holds several), prefixed by as many parent folder names as it takes to tell inputs of one name apart
+    (``siteA/case.nii.gz`` and ``siteB/case.nii.gz`` give ``siteA_case`` and ``siteB_case``).
+
+    Raises ``ValueError`` naming the inputs when no prefix separates them (nothing has been written then)."""
+    bases, parents = [], []
+    for item in items:
+        source = _source(item)
+        base = volume_name(item["image"] if isinstance(item["image"], (str, Path)) else source)
+        if item.get("series_uid"):
+            base = f"{base}_{item['series_uid']}"
+        bases.append(base)
+        parents.append(Path(source).resolve().parent.parts[::-1])
+    stems = list(bases)
+    for depth in range(1, max((len(p) for p in parents), default=0) + 1):
+        counts: dict[str, int] = {}
+        for stem in stems:
+            counts[stem] = counts.get(stem, 0) + 1
+        clashing = [i for i, stem in enumerate(stems) if counts[stem] > 1]
+        if not clashing:
+            break
+        for i in clashing:
+            prefix = [p for p in parents[i][:depth] if p not in ("/", "")][::-1]
+            stems[i] = "_".join([*prefix, bases[i]])
+    seen: dict[str, int] = {}
+    for i, stem in enumerate(stems):
+        if stem in seen:
+            raise ValueError(f"{_source(items[seen[stem]])} and {_source(items[i])} would both be written as "
+                             f"{stem}: rename one, or run them into different --output folders")
+        seen[stem] = i
+    return stems
+
+
+def _one_line(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+_STAGING_PREFIX = ".infer-partial-"
+_SITK_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm")
+
+
+def _remove_dead_staging(output_dir: Path) -> None:
+    """Remove staging folders that runs which no longer exist left behind (killed in the middle of an input)."""
+    for folder in output_dir.glob(f"{_STAGING_PREFIX}*"):
         try:
-            volumes.extend(engine.list_inputs(item))
-        except ValueError as e:
-            results.append(InferenceResult(str(item), None, 0.0, str(e)))
-            echo(f"error: {e}")
-    for i, volume in enumerate(volumes, start=1):
-        result = engine(volume)
-        results.append(result)
-        if result.ok:
-            echo(f"[{i}/{len(volumes)}] {result.input} -> {result.output} ({result.seconds:.1f} s)")
-        else:
-            echo(f"[{i}/{len(volumes)}] error: {result.error}")
-    return results
+            pid = int(folder.name[len(_STAGING_PREFIX):].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            continue

@@ -31,12 +31,12 @@ Policy:
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from pathlib import Path
 
 from pipelines.data.classification import SPLITS, class_counts, stratified_split, verify_image
+from pipelines.io.tables import read_table
 
 __all__ = [
     "ISIC_CLASSES",
@@ -76,30 +76,28 @@ def read_isic_ground_truth(csv_path: str | os.PathLike) -> list[tuple[str, int, 
         raise ValueError(f"{csv_path}: ground-truth CSV not found (expected {GROUND_TRUTH_DIR}/{GROUND_TRUTH_CSV})")
     rows: list[tuple[str, int, int]] = []
     seen: dict[str, int] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("image", *ISIC_CLASSES) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)}; expected "
-                             f"image,{','.join(ISIC_CLASSES)}, found {','.join(reader.fieldnames or [])}")
-        for row in reader:
-            line = reader.line_num
-            image = (row["image"] or "").strip()
-            if not image:
-                raise ValueError(f"{csv_path}, line {line}: empty image id")
-            try:
-                values = [float(row[c]) for c in ISIC_CLASSES]
-            except (TypeError, ValueError):
-                raise ValueError(f"{csv_path}, line {line} ({image}): class values must be numbers, got "
-                                 f"{[row[c] for c in ISIC_CLASSES]}") from None
-            ones = [i for i, v in enumerate(values) if v == 1.0]
-            if len(ones) != 1 or any(v not in (0.0, 1.0) for v in values):
-                raise ValueError(f"{csv_path}, line {line} ({image}): the class columns must be one-hot (exactly one "
-                                 f"1.0, the rest 0.0), got {dict(zip(ISIC_CLASSES, values))}")
-            if image in seen:
-                raise ValueError(f"{csv_path}, line {line}: image {image} is listed again (first on line {seen[image]})")
-            seen[image] = line
-            rows.append((image, ones[0], line))
+    table, problems = read_table(csv_path, ("image", *ISIC_CLASSES), "ground-truth CSV")
+    for line, row in table:
+        image = row["image"]
+        if not image:
+            problems.add(line, "empty image id")
+            continue
+        try:
+            values = [float(row[c]) for c in ISIC_CLASSES]
+        except ValueError:
+            problems.add(line, f"class values must be numbers, got {[row[c] for c in ISIC_CLASSES]}", image)
+            continue
+        ones = [i for i, v in enumerate(values) if v == 1.0]
+        if len(ones) != 1 or any(v not in (0.0, 1.0) for v in values):
+            problems.add(line, "the class columns must be one-hot (exactly one 1.0, the rest 0.0), got "
+                               f"{dict(zip(ISIC_CLASSES, values))}", image)
+            continue
+        if image in seen:
+            problems.add(line, f"image {image} is listed again (first on line {seen[image]})")
+            continue
+        seen[image] = line
+        rows.append((image, ones[0], line))
+    problems.raise_if_any()
     if not rows:
         raise ValueError(f"{csv_path}: no rows")
     return rows

@@ -28,7 +28,6 @@ annotations or the image geometry change.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ import SimpleITK as sitk
 
 from pipelines.data.splits import split_by_hash
 from pipelines.io import atomic_path, read_image_information, write_json_atomic
+from pipelines.io.tables import read_table
 
 __all__ = [
     "Nodule",
@@ -91,24 +91,24 @@ def find_scans(root: str | os.PathLike) -> dict[str, Path]:
 def read_annotations(path: str | os.PathLike) -> dict[str, list[Nodule]]:
     """Read ``annotations.csv`` into seriesuid -> nodules, validating the header and every row."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: annotations file not found")
     nodules: dict[str, list[Nodule]] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ANNOTATION_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(ANNOTATION_COLUMNS)}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                center = (float(row["coordX"]), float(row["coordY"]), float(row["coordZ"]))
-                diameter = float(row["diameter_mm"])
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}, line {line}: cannot parse coordinates or diameter in {dict(row)}") from None
-            if not np.all(np.isfinite(center)) or not np.isfinite(diameter) or diameter <= 0:
-                raise ValueError(f"{path}, line {line}: coordinates must be finite and diameter_mm > 0, got {dict(row)}")
-            uid = row["seriesuid"].strip()
-            nodules.setdefault(uid, []).append(Nodule(uid, center, diameter, line))
+    rows, problems = read_table(path, ANNOTATION_COLUMNS, "annotations file")
+    for line, row in rows:
+        try:
+            center = (float(row["coordX"]), float(row["coordY"]), float(row["coordZ"]))
+            diameter = float(row["diameter_mm"])
+        except ValueError:
+            problems.add(line, f"cannot parse coordinates or diameter in {row}")
+            continue
+        if not np.all(np.isfinite(center)) or not np.isfinite(diameter) or diameter <= 0:
+            problems.add(line, f"coordinates must be finite and diameter_mm > 0, got {row}")
+            continue
+        uid = row["seriesuid"]
+        if not uid:
+            problems.add(line, "empty seriesuid")
+            continue
+        nodules.setdefault(uid, []).append(Nodule(uid, center, diameter, line))
+    problems.raise_if_any()
     return nodules
 
 

@@ -9,8 +9,10 @@ input                                   how it is found                         
 a path that does not exist              ``Path.exists``                              problem
 unreadable / corrupt file               SimpleITK header read fails                  problem
 truncated MetaImage ``.raw``            data file shorter than the header needs      problem
-truncated NIfTI (``.nii``/``.nii.gz``)  file size (``.nii``) or the gzip trailer's   problem
-                                        length (``.nii.gz``) vs. the header's
+truncated NIfTI, NRRD, MetaImage        file size, or the streamed decompressed      problem
+                                        length, vs. the header's
+bad voxel size, direction, data file    :mod:`pipelines.io.checks` (every header     problem
+outside the header's folder             check is shared with inference)
 4D (or 2D) where 3D is expected         header dimension (``expect_dims``)           problem
 wrong channel count (RGB vs grey...)    header components (``expect_channels``)      problem
 image and label on different grids      header size, spacing, origin, direction      problem
@@ -38,10 +40,8 @@ the first epoch when the first checkpoint is saved.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.io import read_image_information, write_text_atomic
+from pipelines.io import ensure_writable, nifti_size_problem, read_image_information, write_text_atomic
+from pipelines.io.readers import read_voxels
 
 __all__ = [
     "POLICIES",
@@ -97,36 +98,6 @@ def grid_differences(reference: dict, other: dict, *, atol_mm: float = 1e-3, ato
     return problems
 
 
-def nifti_size_problem(path: str | os.PathLike) -> str | None:
-    """Say if a NIfTI file is shorter than its header needs (``.nii``: file size; ``.nii.gz``: the gzip trailer's
-    uncompressed length, which a truncated or corrupt file does not carry). Reads the header and 4 bytes only."""
-    import nibabel as nib
-
-    path = Path(path)
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return None
-    try:
-        image = nib.load(str(path))
-        header = image.header
-        offset = int(getattr(image.dataobj, "offset", header["vox_offset"]))  # a 0 in the header means 352 (NIfTI-1)
-        needed = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    except Exception as e:  # noqa: BLE001 - SimpleITK read a header, nibabel cannot: a cut-off or damaged file
-        return f"truncated or corrupt ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"
-    if name.endswith(".nii"):
-        actual = path.stat().st_size
-        return f"truncated ({actual} bytes, the header needs {needed})" if actual < needed else None
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() < 18:
-            return "truncated (not a complete gzip file)"
-        f.seek(-4, os.SEEK_END)
-        stored = int.from_bytes(f.read(4), "little")
-    if stored != needed % 2**32:
-        return f"truncated or corrupt (the gzip stream does not end with the {needed} bytes the header needs)"
-    return None
-
-
 def _per_key(value: Any, key: str) -> Any:
     return value.get(key) if isinstance(value, Mapping) else value
 
@@ -144,16 +115,6 @@ def _item_name(item: Mapping, index: int) -> str:
         if key in item:
             return f"item {index} ({item[key]})"
     return f"item {index}"
-
-
-def read_voxels(path: str | os.PathLike) -> np.ndarray:
-    """The voxels of ``path``: nibabel for NIfTI (ITK's NIfTI reader turns NaN into 0, hiding them; MONAI's loader,
-    nibabel, would not), SimpleITK otherwise."""
-    if str(path).lower().endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        return np.asanyarray(nib.load(str(path)).dataobj)
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def _inspect(
@@ -186,10 +147,6 @@ def _inspect(
                     info = read_image_information(path)
                 except ValueError as e:
                     found.append(str(e) if str(path) in str(e) else f"{path}: {e}")
-                    continue
-                bad = nifti_size_problem(path)
-                if bad:
-                    found.append(f"{path}: {bad}")
                     continue
                 if dims is not None and info.GetDimension() != dims:
                     hint = " (a time series or several volumes in one file?)" if info.GetDimension() > dims else ""
@@ -368,21 +325,3 @@ def _inspect_kwargs(kwargs: dict) -> dict:
     if unknown:
         raise TypeError(f"preflight_datalist: unexpected argument(s) {sorted(unknown)}")
     return {**known, **kwargs}
-
-
-def ensure_writable(*folders: str | os.PathLike, what: str = "training output") -> None:
-    """Create each folder and write (then remove) a small file in it; ``ValueError`` naming the first that fails.
-
-    Called at the start of training so that an unwritable ``bundle_root`` / ``ckpt_dir`` / ``log_dir`` /
-    ``output_dir`` is reported before the first epoch, not when the first checkpoint is saved.
-    """
-    for folder in folders:
-        path = Path(folder)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-                pass
-        except OSError as e:
-            reason = e.strerror or type(e).__name__
-            raise ValueError(f"{path}: cannot write the {what} here ({reason}); choose a writable folder "
-                             "(e.g. another --bundle_root or --output_dir)") from None

@@ -3,7 +3,9 @@
 Accepted inputs::
 
     scan.nii.gz | scan.nii | scan.mhd | scan.mha | scan.nrrd   one volume
-    dicom_series/                                          a folder of DICOM slices (one series)
+    dicom_series/                                          a folder of DICOM slices: one volume per series
+                                                           (``{"image": folder, "series_uid": UID}`` when it
+                                                           holds several)
     folder/                                                every volume below it (recursively); DICOM folders
                                                            count as one volume each; LUNA16 ``seg-lungs-LUNA16``
                                                            masks and files named ``*_seg.*`` are left out
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["VOLUME_SUFFIXES", "is_volume_file", "is_dicom_folder", "list_volumes", "volume_name"]
+__all__ = ["VOLUME_SUFFIXES", "is_volume_file", "is_dicom_folder", "dicom_items", "list_volumes", "volume_name"]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 _SKIP_DIRS = {"seg-lungs-LUNA16"}
@@ -51,6 +53,16 @@ def volume_name(path: str | os.PathLike) -> str:
     return name
 
 
+def dicom_items(folder: Path) -> list[dict]:
+    """One item per DICOM series of ``folder``: ``{"image": folder}`` for one series, with ``series_uid`` for several."""
+    import SimpleITK as sitk
+
+    uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if len(uids) <= 1:
+        return [{"image": str(folder)}]
+    return [{"image": str(folder), "series_uid": uid} for uid in sorted(uids)]
+
+
 def list_volumes(root: str | os.PathLike) -> list[dict]:
     """Every volume at or below ``root`` as ``[{"image": path}, ...]``, sorted. Raises ``ValueError`` if none."""
     root = Path(root)
@@ -61,7 +73,7 @@ def list_volumes(root: str | os.PathLike) -> list[dict]:
             raise ValueError(f"{root}: not a volume file (expected one of {', '.join(VOLUME_SUFFIXES)})")
         return [{"image": str(root)}]
     if is_dicom_folder(root):
-        return [{"image": str(root)}]
+        return dicom_items(root)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
@@ -73,4 +85,4 @@ def list_volumes(root: str | os.PathLike) -> list[dict]:
         found.extend(p for p in (here / f for f in filenames) if is_volume_file(p))
     if not found:
         raise ValueError(f"{root}: no volumes found (looked for {', '.join(VOLUME_SUFFIXES)} and DICOM series folders)")
-    return [{"image": str(p)} for p in sorted(found)]
+    return [item for p in sorted(found) for item in (dicom_items(p) if p.is_dir() else [{"image": str(p)}])]

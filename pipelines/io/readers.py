@@ -9,6 +9,7 @@ Upstream MONAI has no SimpleITK reader.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,78 +21,27 @@ from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-__all__ = ["SimpleITKReader", "read_image_information", "SUFFIXES"]
+from pipelines.io.checks import dicom_series, first_line, read_image_information
+
+__all__ = ["SimpleITKReader", "read_image_information", "read_voxels", "SELECTED_SERIES", "SUFFIXES"]
 
 SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm")
 
 
-def _first_line(error: Exception) -> str:
-    lines = [ln.strip().removeprefix("sitk::ERROR:").strip() for ln in str(error).splitlines() if ln.strip()]
-    # SimpleITK errors start with the C++ source location; the useful sentence is usually last
-    useful = [ln for ln in lines if ln and not ln.startswith(("/", "Exception thrown"))] or lines
-    return useful[-1] if useful else type(error).__name__
+#: the DICOM series :class:`SimpleITKReader` reads from a folder that holds several, when it was built without one:
+#: ``pipelines infer`` sets it for each input it expanded from such a folder (MONAI's ``LoadImage`` passes no
+#: per-item reader arguments, so the choice travels beside the item; a context variable keeps it per thread)
+SELECTED_SERIES: contextvars.ContextVar[str] = contextvars.ContextVar("selected_dicom_series", default="")
 
 
-def _dicom_series_files(folder: Path, series_uid: str = "") -> list[str]:
-    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not uids:
-        raise ValueError(f"{folder}: no DICOM series found in this folder")
-    uid = series_uid or uids[0]
-    if uid not in uids:
-        raise ValueError(f"{folder}: DICOM series {uid!r} not found; the folder holds {list(uids)}")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+def read_voxels(path: str | os.PathLike) -> np.ndarray:
+    """The voxels of ``path``: nibabel for NIfTI (ITK's NIfTI reader turns NaN into 0, hiding them; MONAI's loader,
+    nibabel, would not), SimpleITK otherwise."""
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
 
-
-def _raw_size_problem(path: Path) -> str | None:
-    """For a MetaImage header with a separate uncompressed data file, say if the data file is missing or short."""
-    if path.suffix.lower() != ".mhd":
-        return None
-    fields = {}
-    for line in path.read_text(errors="replace").splitlines():
-        if "=" in line:
-            key, value = line.split("=", 1)
-            fields[key.strip()] = value.strip()
-    data_file = fields.get("ElementDataFile", "")
-    if not data_file or data_file == "LOCAL" or data_file.startswith("LIST") or "%" in data_file:
-        return None
-    raw = path.parent / data_file
-    if not raw.exists():
-        return f"its data file {raw.name} is missing"
-    if fields.get("CompressedData", "False").lower() == "true":
-        return None
-    sizes = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
-             "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_ULONG": 8, "MET_LONG": 8}
-    try:
-        dims = [int(v) for v in fields["DimSize"].split()]
-        components = int(fields.get("ElementNumberOfChannels", "1"))
-        expected = int(np.prod(dims)) * components * sizes[fields["ElementType"]]
-    except (KeyError, ValueError):
-        return None
-    actual = raw.stat().st_size
-    if actual < expected:
-        return f"its data file {raw.name} is truncated ({actual} bytes, the header needs {expected})"
-    return None
-
-
-def read_image_information(path: str | os.PathLike) -> sitk.ImageFileReader:
-    """Read only the header of ``path`` (cheap) and check that a MetaImage's data file is complete.
-
-    Returns the ``sitk.ImageFileReader`` with the information loaded (``GetSize()``, ``GetSpacing()``...).
-    Raises ``ValueError`` naming the file and the problem.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: file not found")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise ValueError(f"{path}: not a readable image ({_first_line(e)})") from None
-    problem = _raw_size_problem(path)
-    if problem:
-        raise ValueError(f"{path}: {problem}")
-    return reader
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 class SimpleITKReader(ImageReader):
@@ -135,14 +85,20 @@ class SimpleITKReader(ImageReader):
             path = Path(name)
             try:
                 if path.is_dir():
+                    series = dicom_series(path, self.series_uid or SELECTED_SERIES.get())
+                    if len(series) > 1:
+                        raise ValueError(
+                            f"{path}: holds {len(series)} DICOM series ({', '.join(s.uid for s in series)}); choose "
+                            "one (pipelines infer --series UID), or give the folder to pipelines infer, which writes "
+                            "one output per series")
                     reader = sitk.ImageSeriesReader()
-                    reader.SetFileNames(_dicom_series_files(path, self.series_uid))
+                    reader.SetFileNames(list(series[0].files))
                     images.append(reader.Execute())
                 else:
                     read_image_information(path)
                     images.append(sitk.ReadImage(str(path)))
             except RuntimeError as e:
-                raise ValueError(f"{path}: cannot read the image ({_first_line(e)})") from None
+                raise ValueError(f"{path}: cannot read the image ({first_line(e)})") from None
         return images if len(names) > 1 else images[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
