@@ -383,3 +383,79 @@ def test_rejects_bad_inputs(tmp_path):
         segmentation_report(
             [{"case": "x", "pred": good, "label": good}], ["only-one"], tmp_path / "c.csv", tmp_path / "s.json"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# hand-drawn cases where the parts of a metric differ (precision != recall, percentile != max, imbalanced classes)
+
+
+def _square_and_stray(stray_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """10x10. Label: the square [2:6, 2:6] (12 boundary pixels). Prediction: the same square plus one stray pixel at
+    (stray_row, 3), below the square's bottom row (row 5), so 13 predicted boundary pixels."""
+    label = box((10, 10), slice(2, 6), slice(2, 6))
+    pred = label.copy()
+    pred[stray_row, 3] = 1
+    return onehot(pred, 2)[None], onehot(label, 2)[None]
+
+
+@pytest.mark.parametrize(
+    "stray_row, spacing, tol, expected",
+    [
+        # stray pixel 3 rows below the square at 1 mm: 3 mm > 2 mm unmatched -> P = 12/13, R = 12/12,
+        # F1 = 2PR / (P + R) = 24/25 (the arithmetic mean would be 25/26).
+        (8, (1.0, 1.0), 2.0, 24 / 25),
+        # same pixels, 0.5 mm rows: the stray pixel is 1.5 mm away -> matched, F1 = 1 (spacing must be used).
+        (8, (0.5, 1.0), 2.0, 1.0),
+        # same pixels, 0.5 mm columns only: still 3 mm (the row spacing is what counts) -> 24/25.
+        (8, (1.0, 0.5), 2.0, 24 / 25),
+        # stray pixel exactly 2 mm away: the tolerance is inclusive -> matched; at 1.9 mm it is not.
+        (7, (1.0, 1.0), 2.0, 1.0),
+        (7, (1.0, 1.0), 1.9, 24 / 25),
+    ],
+)
+def test_boundary_f1_precision_differs_from_recall(stray_row, spacing, tol, expected):
+    pred, label = _square_and_stray(stray_row)
+    bf1 = compute_boundary_f1(pred, label, spacing=spacing, tolerance_mm=tol, include_background=False)
+    assert_close(bf1.item(), expected)
+    # prediction and label swapped: P and R swap, F1 (symmetric in P and R) stays the same
+    assert_close(compute_boundary_f1(label, pred, spacing=spacing, tolerance_mm=tol, include_background=False).item(),
+                 expected)
+    # the cumulative metric and the per-case report agree (spacing given to the metric's constructor)
+    assert_close(BoundaryF1Metric(tolerance_mm=tol, spacing=spacing)(pred, label).item(), expected)
+    out = compute_case_metrics(pred[0], label[0], spacing, metrics=("boundary_f1",), boundary_tolerance_mm=tol)
+    assert_close(out["boundary_f1"][1], expected)
+
+
+def test_hd95_is_the_95th_percentile_with_anisotropic_spacing():
+    """10x20, spacing (0.5, 1.0) mm. Label: row 2, columns 0-19 (a 1-pixel line: every pixel is surface). Prediction:
+    row 3, columns 0-19, plus one stray pixel at (8, 10).
+      label -> prediction: 20 distances of 1 row = 0.5 mm.
+      prediction -> label: 20 x 0.5 mm and the stray pixel's 6 rows = 3.0 mm; the 95th percentile of these 21 values
+      is the 20th smallest (0.95 * 20 = 19, no interpolation) = 0.5 mm.
+    HD95 = 0.5 mm; the plain Hausdorff distance (percentile 100) would be 3.0 mm, without spacing 1.0."""
+    label = box((10, 20), slice(2, 3), slice(0, 20))
+    pred = box((10, 20), slice(3, 4), slice(0, 20))
+    pred[8, 10] = 1
+    p, y = onehot(pred, 2), onehot(label, 2)
+    assert_close(compute_case_metrics(p, y, (0.5, 1.0), metrics=("hd95",))["hd95"][1], 0.5)
+    assert_close(compute_case_metrics(p, y, (1.0, 0.5), metrics=("hd95",))["hd95"][1], 1.0)  # rows at 1 mm
+    assert_close(HD95Metric(spacing=(0.5, 1.0))(p[None], y[None]).item(), 0.5)
+    affine = torch.diag(torch.tensor([0.5, 1.0, 1.0, 1.0], dtype=torch.float64))  # spacing from the label's pixdim
+    assert_close(HD95Metric()(p[None], MetaTensor(y[None], affine=affine)).item(), 0.5)
+
+
+def test_pixel_accuracy_and_mean_pixel_accuracy_on_an_imbalanced_case():
+    """10x10 with one foreground pixel, predicted all background; a third class is absent from both. Pixel accuracy
+    99/100, but mean pixel accuracy (per-class recall averaged over the classes present in the label: bg 99/99,
+    fg 0/1; the absent class's 0/0 is left out, not counted as 0) = 1/2; mean IoU = (99/100 + 0)/2."""
+    label = np.zeros((10, 10), dtype=np.int64)
+    label[4, 7] = 1
+    p, y = onehot(np.zeros((10, 10), dtype=np.int64), 3), onehot(label, 3)
+    out = compute_case_metrics(p, y, metrics=("pixel_accuracy", "mean_pixel_accuracy", "mean_iou"))
+    assert_close([out["pixel_accuracy"], out["mean_pixel_accuracy"], out["mean_iou"]], [0.99, 0.5, 0.495])
+    assert_close(compute_pixel_accuracy(p[None], y[None]).item(), 0.99)
+    assert_close(compute_mean_pixel_accuracy(p[None], y[None]).item(), 0.5)
+    metric = MeanPixelAccuracyMetric()
+    metric(p[None], y[None])
+    assert_close(metric.get_buffer()[0].tolist(), [1.0, 0.0, NAN])
+    assert_close(metric.aggregate().item(), 0.5)
