@@ -71,14 +71,18 @@ def test_mde_enhancement_is_identity_on_constant_interior():
 
 
 def test_mde_sharpens_an_edge():
-    # unsharp masking raises the bright side of a step edge above its level (overshoot), plain blurring does not
-    mde = MDE(2, channels=1, scales=(3,), fusion="sum").eval()
+    # through MDE's forward (one scale, fusion="sum": E_3 = 2 * out - x): unsharp masking overshoots both sides of a
+    # step edge, which a blur (weights >= 0 summing to 1) cannot; by-value checks of every mode: test_edu_blocks.py
     x = torch.zeros(1, 1, 16, 16)
     x[..., 8:] = 1.0
-    blurred = mde.gaussians["3"](x)[0, 0, 8, 2:-2]  # one row, away from the zero padding of the borders
-    enhanced = (2 * mde.gaussians["3"](x) - mde.gaussians["5"](x))[0, 0, 8, 2:-2]
-    assert enhanced.max() > 1.01 and enhanced.min() < -0.01
-    assert blurred.max() <= 1.0 + 1e-6 and blurred.min() >= -1e-6
+    for enhance in ("dog", "laplacian"):
+        mde = MDE(2, channels=1, scales=(3,), enhance=enhance, fusion="sum").eval()
+        with torch.no_grad():
+            enhanced = (2 * mde(x) - x)[0, 0, 8, 2:-2]  # one row, away from the zero padding of the borders
+        assert enhanced.max() > 1.01 and enhanced.min() < -0.01, enhance
+        # and it is steeper at the edge (between columns 7 and 8) than the blur G_3, whose slope there is the centre
+        # tap of the 1D kernel, 1 / (1 + 2 exp(-1 / 1.28)) = 0.522; g - L(g) (the old Laplacian sign) fails this
+        assert enhanced[6] - enhanced[5] > 0.6, enhance
 
 
 def test_gaussian_kernel_sigma_rule():
