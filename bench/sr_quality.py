@@ -99,7 +99,7 @@ def run_task(task: str, work: Path, psnr_minutes: float, gan_minutes: float, thr
     # PSNR-oriented phase
     limit = time_limit_config(root / "limit_psnr.json", psnr_minutes * 60, bundle)
     psnr_s = train_bundle(bundle, train_data, limit, {}, log, threads, root)
-    checkpoint = __import__("torch").load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    checkpoint = __import__("torch").load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)
     psnr_iterations = int(checkpoint["trainer"]["iteration"])
     psnr_epochs = psnr_iterations // int(checkpoint["trainer"]["epoch_length"])
     shutil.copyfile(bundle / "models" / "model.pt", bundle / "models" / "model_psnr.pt")
@@ -111,7 +111,7 @@ def run_task(task: str, work: Path, psnr_minutes: float, gan_minutes: float, thr
         limit = time_limit_config(root / "limit_gan.json", gan_minutes * 60, bundle)
         gan_s = train_bundle(bundle, train_data, limit, {"pretrain_epochs": psnr_epochs}, log, threads, root)
         checkpoint = __import__("torch").load(bundle / "models" / "checkpoint.pt", map_location="cpu",
-                                              weights_only=False)
+                                              weights_only=True)
         assert checkpoint["trainer"]["phase"] == "gan", checkpoint["trainer"]
         gan_iterations = int(checkpoint["trainer"]["iteration"]) - psnr_iterations
 
@@ -148,12 +148,12 @@ def continue_task(task: str, work: Path, minutes: float, threads: int, previous:
     root = work / task
     bundle, log = root / "bundle", root / "log.txt"
     torch = __import__("torch")
-    before = int(torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["trainer"]
+    before = int(torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)["trainer"]
                  ["iteration"])
     limit = time_limit_config(root / "limit_more.json", minutes * 60, bundle)
     seconds = train_bundle(bundle, root / "train_data", limit, {"pretrain_epochs": previous["psnr_phase"]["epochs"]},
                            log, threads, root)
-    state = torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["trainer"]
+    state = torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)["trainer"]
     assert state["phase"] == "gan", state
     heldout = root / "heldout_data"
     extra = {"gan_final_continued": evaluate_bundle(bundle, heldout, bundle / "models" / "model_final.pt",

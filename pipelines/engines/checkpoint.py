@@ -17,11 +17,22 @@ Interrupted runs (SIGKILL, SIGTERM, power loss), the policy:
   metric and let a worse epoch overwrite ``model.pt``; the user decides.
 - Only rank 0 saves under ``torch.distributed`` (whatever ``enabled`` says); every rank loads, so all continue from
   the same state.
+- The saving process holds an exclusive lock on ``lock_dir`` (the bundle's ``bundle_root``) for its lifetime
+  (:class:`~pipelines.engines.run_state.FolderLock`): a second training started into the same folder stops at once
+  with a message naming the holder, before it can touch the first run's files.
+- The checkpoint holds the random state of torch, NumPy, Python, MONAI's random transforms and MONAI's determinism
+  (:func:`~pipelines.engines.run_state.capture_random_state`), so on the CPU a run killed and resumed ends with the
+  same weights as one that was never interrupted. It holds only tensors, numbers, strings and containers, and is
+  read with ``torch.load(weights_only=True)``: a pickle planted as ``checkpoint.pt`` is refused, never run.
+- A write that fails for lack of space says so and names the path (torch's own message is "unexpected pos ...").
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +41,7 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from pipelines.engines.run_state import FolderLock, capture_random_state, restore_random_state
 from pipelines.io import atomic_path
 
 __all__ = ["ResumableCheckpoint"]
@@ -55,6 +67,7 @@ class ResumableCheckpoint:
         filename: checkpoint file name.
         interval: save every this many epochs.
         enabled: ``False`` turns the handler off (non-zero ranks in distributed training).
+        lock_dir: the folder the run owns (the bundle configs pass ``@bundle_root``); ``ckpt_dir`` by default.
     """
 
     def __init__(
@@ -66,6 +79,7 @@ class ResumableCheckpoint:
         filename: str = "checkpoint.pt",
         interval: int = 1,
         enabled: bool = True,
+        lock_dir: str | None = None,
     ) -> None:
         self.path = Path(ckpt_dir) / filename
         self.save_dict = dict(save_dict or {})
@@ -73,14 +87,27 @@ class ResumableCheckpoint:
         self.best_saver = best_saver
         self.interval = interval
         self.enabled = enabled
+        self.lock = FolderLock(lock_dir or self.path.parent)
+        # taken before anything else of the run touches the folder, by the saving rank only (RANK is set by torchrun
+        # before the process group exists, so a rank > 0 does not try the lock even if it builds this early)
+        if self._saves() and os.environ.get("RANK", "0") == "0":
+            self.lock.acquire()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.load)
         if self.enabled:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+        # released when training completes (or terminates); after an exception, when the process ends. (No
+        # EXCEPTION_RAISED handler: with one attached, ignite would stop re-raising the error.)
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.lock.release())
 
     def _saves(self) -> bool:
         return self.enabled and idist.get_rank() == 0
+
+    @staticmethod
+    def _dataset(engine: Engine) -> Any:
+        loader = getattr(engine, "data_loader", None) or getattr(engine.state, "dataloader", None)
+        return getattr(loader, "dataset", None)
 
     def _remove_leftovers(self) -> None:
         """Delete temporary files of a write that was killed before its rename (see the module's policy)."""
@@ -115,9 +142,18 @@ class ResumableCheckpoint:
             }
         record = getattr(self.best_saver, "_key_metric_checkpoint", None)
         if record is not None:
-            state["best_saver"] = record.state_dict()
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+            state["best_saver"] = _plain(record.state_dict())
+        state["random"] = capture_random_state(self._dataset(engine))
+        try:
+            with atomic_path(self.path) as tmp:
+                torch.save(state, tmp)
+        except (OSError, RuntimeError) as e:
+            free = shutil.disk_usage(self.path.parent).free
+            if getattr(e, "errno", None) == errno.ENOSPC or "unexpected pos" in str(e) or free < (1 << 20):
+                raise OSError(errno.ENOSPC, f"no space left on {self.path.parent} while writing {self.path.name} "
+                              f"({free // (1 << 20)} MiB free); free some space and start the same command again "
+                              "to resume from the last complete checkpoint") from None
+            raise
 
     def load(self, engine: Engine) -> None:
         if engine.state.epoch > 0:
@@ -128,7 +164,7 @@ class ResumableCheckpoint:
             return
         max_epochs = engine.state.max_epochs
         try:
-            checkpoint = torch.load(self.path, map_location="cpu", weights_only=False)
+            checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
             if not isinstance(checkpoint, dict) or "trainer" not in checkpoint:
                 raise ValueError("not a checkpoint of this handler (no trainer state)")
             objects = {k: v for k, v in self._objects(engine).items() if k in checkpoint}
@@ -147,4 +183,15 @@ class ResumableCheckpoint:
         record = getattr(self.best_saver, "_key_metric_checkpoint", None)
         if record is not None and "best_saver" in checkpoint:
             record.load_state_dict(checkpoint["best_saver"])
+        if "random" in checkpoint:
+            restore_random_state(checkpoint["random"], self._dataset(engine))
         logger.info("resumed from %s at epoch %d, iteration %d", self.path, engine.state.epoch, engine.state.iteration)
+
+
+def _plain(obj: Any) -> Any:
+    """Containers of numbers and strings only (ignite's records hold named tuples, which ``weights_only`` refuses)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

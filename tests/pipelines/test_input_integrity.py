@@ -361,3 +361,39 @@ def test_isic_ground_truth_lists_every_bad_row(tmp_path):
     path.write_text("image,MEL,MEL," + ",".join(ISIC_CLASSES[1:]) + "\n")
     with pytest.raises(ValueError, match="column\\(s\\) MEL appear more than once"):
         read_isic_ground_truth(path)
+
+
+# ---- the super-resolution bundles check their datalist too ------------------------------------------------------
+
+
+def test_ct_sr_training_lists_every_bad_scan_before_it_starts(tmp_path, luna16_tiny):
+    import shutil
+
+    from monai.bundle import ConfigWorkflow
+
+    from tests.conftest import REPO
+
+    data = tmp_path / "LUNA16"
+    shutil.copytree(luna16_tiny[0], data)
+    scans = sorted(data.glob("subset*/*.mhd"))
+    bad = scans[:2]
+    raw = bad[0].with_suffix(".raw")
+    raw.write_bytes(raw.read_bytes()[:1000])  # truncated data file
+    header = bad[1].read_text().splitlines()
+    header = [("ElementSpacing = 0 " + " ".join(line.split()[3:])) if line.startswith("ElementSpacing") else line
+              for line in header]  # x voxel size 0
+    bad[1].write_text("\n".join(header) + "\n")
+    bundle = REPO / "bundles" / "ct_se_esrgan_superresolution"
+    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
+                              meta_file=str(bundle / "configs" / "metadata.json"), bundle_root=str(tmp_path / "b"),
+                              dataset_dir=str(data), num_workers=0)
+    workflow.initialize()
+    with pytest.raises((ValueError, RuntimeError)) as info:  # MONAI wraps the component's ValueError
+        workflow.parser.get_parsed_content("datalist")
+    cause = info.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    message = str(cause)
+    assert message.startswith("preflight: 2 problem(s) in 2 of 4 datalist item(s)")
+    assert f"{bad[0]}: its data file {raw.name} is truncated" in message
+    assert f"{bad[1]}: voxel size (ElementSpacing)" in message
