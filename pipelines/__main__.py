@@ -108,10 +108,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(workdir=args.workdir, epochs=args.epochs, cases=args.cases, fresh=args.fresh)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from bench.networks import run_from_args
-
-    return run_from_args(args)
+def _bench(bench_args: list[str]) -> int:
+    # bench/ is part of the repository, not of the product: imported here only, never by the parser, so that an
+    # exported bundle (networks/ and pipelines/ alone) runs every other command
+    try:
+        from bench.networks import main as bench_main
+    except ModuleNotFoundError:
+        print("error: python -m pipelines bench needs the repository's bench/ package, which an exported bundle "
+              "does not carry; run it from a clone of the repository", file=sys.stderr)
+        return 2
+    return bench_main(bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,11 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_arguments(verify)
     verify.set_defaults(func=run_verify)
 
-    bench = sub.add_parser("bench", help="speed and memory of every network against MONAI's, in the same run")
-    from bench.networks import add_arguments
-
-    add_arguments(bench)
-    bench.set_defaults(func=_bench)
+    bench = sub.add_parser("bench", help="speed and memory of every network against MONAI's, in the same run "
+                           "(from the repository; 'bench --help' lists its options)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench.networks")
+    bench.set_defaults(func=lambda args: _bench(args.bench_args))
 
     demo = sub.add_parser("demo", help="synthetic LUNA16 -> train E-DU -> evaluate -> infer (CPU, minutes)")
     demo.add_argument("--workdir", default="demo_run", help="folder for data, the trained bundle and outputs")
@@ -198,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)  # a GPU decoder we do not use
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its options are bench.networks' own, parsed there
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
