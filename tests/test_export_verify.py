@@ -69,8 +69,12 @@ print("RESULT " + json.dumps({"pipelines": sys.modules["pipelines"].__file__,
 
 @pytest.fixture(scope="module")
 def exported(trained_lung_bundle, tmp_path_factory) -> Path:
+    """The tiny trained lung bundle exported by ``python -m pipelines export`` (its ``main``, in process)."""
+    from pipelines.__main__ import main
+
     out = tmp_path_factory.mktemp("export") / "out" / f"{NAME}.zip"
-    return export_bundle(trained_lung_bundle, out, name=NAME)
+    assert main(["export", str(trained_lung_bundle), "--out", str(out), "--name", NAME]) == 0
+    return out
 
 
 @pytest.fixture
@@ -363,3 +367,72 @@ def test_verify_cli_exit_codes(exported, tmp_path):
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert bad.stdout.splitlines() == ["evil.zip: entry '../evil' has a '..' component (it would be written outside "
                                        "the target folder)"]
+
+
+# ------------------------------------------------------------------------------------------------- every bundle
+
+# bundle -> (session fixture of tests/conftest.py, key for the SR dict, the zip's name, the traced input and the
+# output of network_def on it). The shapes are written out from each tiny bundle's metadata: the declared input patch
+# (the lung and BraTS copies declare their TINY patch_size; "32*n" is 32 for HEMF) and what the network makes of it
+# (2 / 3 / 1 segmentation channels, 7 class logits, x4 in-plane for ultrasound, x2 along z for CT).
+EVERY_BUNDLE = {
+    "lung": ("trained_lung_bundle", None, NAME, [1, 1, 32, 32, 16], (1, 2, 32, 32, 16)),
+    "brats": ("trained_brats_bundle", None, "brats_mri_frcunet_segmentation", [1, 4, 32, 32, 32], (1, 3, 32, 32, 32)),
+    "isic": ("trained_isic_bundle", None, "isic_skin_frcunet_segmentation", [1, 3, 256, 256], (1, 1, 256, 256)),
+    "hemf": ("trained_hemf_bundle", None, "isic_skin_hemf_classification", [1, 3, 32, 32], (1, 7)),
+    "us_sr": ("trained_sr_bundles", "us", "ultrasound_se_esrgan_superresolution", [1, 1, 64, 64], (1, 1, 256, 256)),
+    "ct_sr": ("trained_sr_bundles", "ct", "ct_se_esrgan_superresolution", [1, 1, 64, 64, 16], (1, 1, 64, 64, 32)),
+}
+
+
+def _eager_network(bundle: Path) -> torch.nn.Module:
+    """``network_def`` of the trained bundle's own (not exported) inference.json with its models/model.pt, built by
+    MONAI's ConfigParser here rather than by the export code."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+@pytest.mark.parametrize("which", list(EVERY_BUNDLE))
+def test_every_bundle_exports_verifies_and_matches_the_eager_network(which, request, tmp_path, capsys):
+    """``python -m pipelines export`` then ``python -m pipelines verify`` (the CLI's ``main``, in process) on each
+    tiny trained bundle: exit codes 0 and "no problems found"; then the exported TorchScript / torch.export model,
+    loaded from the zip, gives the eager network's output on a fixed input to 1e-4."""
+    from pipelines.__main__ import main
+
+    fixture, key, name, input_shape, output_shape = EVERY_BUNDLE[which]
+    bundle = request.getfixturevalue(fixture)
+    bundle = bundle[key] if key else bundle
+    if which == "lung":  # the module's zip, written by the same command: not exported twice
+        out = request.getfixturevalue("exported")
+    else:
+        out = tmp_path / "zips" / f"{name}.zip"
+        capsys.readouterr()
+        assert main(["export", str(bundle), "--out", str(out), "--name", name]) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out.startswith(f"export: wrote {out} (")
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"verify: {out}: no problems found"]
+
+    with zipfile.ZipFile(out) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    root = tmp_path / "unzipped" / name
+    record = json.loads((root / MANIFEST).read_text())["torchscript"]
+    assert record["input_shape"] == input_shape
+    if record["kind"] == "export":
+        exported_model = torch.export.load(str(root / record["file"])).module()
+    else:
+        exported_model = torch.jit.load(str(root / record["file"]), map_location="cpu").eval()
+    torch.manual_seed(0)
+    x = torch.rand(input_shape)
+    with torch.no_grad():
+        expected = _eager_network(bundle)(x)
+        got = exported_model(x)
+    assert tuple(expected.shape) == output_shape
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4), (got - expected).abs().max()

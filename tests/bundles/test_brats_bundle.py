@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -18,19 +17,15 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from pipelines.data.brats import CONVENTIONS
 from pipelines.inference import infer_volumes
 from tests.bundles.conftest import BRATS_BUNDLE, TINY_BRATS
-from tests.conftest import REPO
-
-SCHEMAS = REPO.parent / "shared" / "schemas"
+from tests.conftest import REPO, load_schema
 
 
 def test_metadata_is_valid_and_pins_the_requirements():
     import jsonschema
 
-    if not SCHEMAS.exists():
-        pytest.skip(f"{SCHEMAS} not available")
     meta = json.loads((BRATS_BUNDLE / "configs" / "metadata.json").read_text())
     for name in ("meta_schema_20240725.json", "meta_schema_20220324.json"):
-        jsonschema.validate(meta, json.loads((SCHEMAS / name).read_text()))
+        jsonschema.validate(meta, load_schema(name))
     assert meta["version"] in meta["changelog"]
     pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
     for key in ("required_packages_version", "optional_packages_version"):

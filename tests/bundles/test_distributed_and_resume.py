@@ -17,7 +17,6 @@ import pytest
 import torch
 
 
-
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -60,7 +59,8 @@ def _assert_rank_zero_alone_wrote(bundle: Path, proc: subprocess.CompletedProces
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "the ranks' weights differ"
     assert len(list((bundle / "logs").glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["checkpoint.pt", "model.pt"]
+    assert sorted(p.name for p in (bundle / "models").iterdir() if not p.name.startswith(".")) == [
+        "checkpoint.pt", "model.pt"]  # hidden files (a run lock) aside; partial writes are checked below
     assert (bundle / "eval" / "train_summary.json").exists()
     assert not list(bundle.rglob("*.partial-*"))
     checkpoint = torch.load(bundle / "models" / "checkpoint.pt", weights_only=False)
@@ -69,6 +69,22 @@ def _assert_rank_zero_alone_wrote(bundle: Path, proc: subprocess.CompletedProces
     output = proc.stdout + proc.stderr
     lines = [ln for ln in output.splitlines() if "Metrics -- " in ln and f" {metric}: " in ln]
     assert len(lines) == epochs, "console statistics come from rank 0 alone:\n" + output[-3000:]
+    per_rank = checkpoint["trainer"]["epoch_length"]  # one line per iteration of rank 0's share of the data
+    assert output.count(f"Epoch: {epochs}/{epochs}, Iter: ") == per_rank, output[-3000:]
+    # the saved model loads into a fresh network_def; after a single epoch the best model is the trained one
+    model = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    _network_def(bundle).load_state_dict(model)
+    if epochs == 1:
+        assert all(torch.equal(model[k], rank0[k]) for k in rank0)
+
+
+def _network_def(bundle: Path) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    return parser.get_parsed_content("network_def")
 
 
 def test_brats_two_processes(tiny_brats_bundle, brats_tiny, tmp_path):
@@ -207,6 +223,69 @@ def test_isic_training_resumes_after_sigkill_and_sigterm(tiny_isic_bundle, isic_
     assert (bundle / "models" / "model.pt").exists()
     summary = json.loads((bundle / "eval" / "train_summary.json").read_text())
     assert summary["epochs"] == 3 and summary["best_metric"] == pytest.approx(final["evaluator_best"]["best_metric"])
+
+
+# bundle -> (its tiny bundle fixture, its data set fixture, the key of the SR dict, extra arguments). Every bundle
+# trains 2 epochs; the SR ones keep their TINY schedule, 1 PSNR-oriented epoch then 1 GAN epoch, so that the resume
+# also has to restore the phase.
+KILL_RESUME = {
+    "brats": ("tiny_brats_bundle", "brats_tiny", None, ["--val_fraction", "0.4"]),
+    "hemf": ("tiny_hemf_bundle", "isic_cls_tiny", None, []),
+    "ct_sr": ("tiny_sr_bundles", "ct_sr_tiny", "ct", []),
+}
+
+# test-only: while the file ``<bundle_root>/hold`` exists, the first iteration of epoch 2 waits (0.05 s steps, at most
+# 5 minutes) instead of finishing, so the kill always lands inside epoch 2 after epoch 1's checkpoint, whatever the
+# load of the machine. The resumed run executes the same configs with the file gone, so it does not wait.
+HOLD = {"training": [
+    ("$@train#trainer.add_event_handler(monai.engines.workflow.Events.ITERATION_COMPLETED, lambda engine: "
+     "engine.state.epoch == 2 and [os.system('sleep 0.05') for _ in range(6000) if os.path.exists(@bundle_root + "
+     "'/hold')])"),
+    "$@train#trainer.run()",
+]}
+
+
+@pytest.mark.parametrize("which", list(KILL_RESUME))
+def test_training_resumes_after_sigkill_mid_epoch(which, request, tmp_path):
+    """SIGKILL in the middle of epoch 2 of 2, then the same command again: it resumes from models/checkpoint.pt at
+    epoch 1 (one epoch of iterations, nothing of epoch 2), runs epoch 2 only, and stops at max_epochs with twice the
+    iterations; the saved model.pt loads into network_def."""
+    bundle_fixture, data_fixture, key, extra = KILL_RESUME[which]
+    tiny = request.getfixturevalue(bundle_fixture)
+    bundle = _copy(tiny[key] if key else tiny, tmp_path / "bundle")
+    dataset = request.getfixturevalue(data_fixture)[0]
+    configs = bundle / "configs"
+    checkpoint = bundle / "models" / "checkpoint.pt"
+    (tmp_path / "hold.json").write_text(json.dumps(HOLD))
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(configs / "metadata.json"),
+               "--config_file", json.dumps([str(configs / "train.json"), str(tmp_path / "hold.json")]),
+               "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(bundle),
+               "--dataset_dir", str(dataset), "--max_epochs", "2", *extra]
+
+    (bundle / "hold").touch()
+    first = _Run(command, tmp_path)
+    first.wait_for(lambda: "Epoch: 2/2, Iter: 1/" in first.text)
+    first.stop(signal.SIGKILL)
+    assert first.proc.returncode == -signal.SIGKILL
+    (bundle / "hold").unlink()
+    killed = torch.load(checkpoint, weights_only=False)["trainer"]
+    per_epoch = killed["epoch_length"]
+    assert per_epoch > 0 and killed["iteration"] == per_epoch  # epoch 1 complete, nothing of epoch 2 saved
+    assert not (bundle / "eval" / "train_summary.json").exists(), "the killed run must not have finished"
+
+    second = _Run(command, tmp_path)
+    assert second.finish() == 0, second.text[-3000:]
+    assert f"resumed from {checkpoint} at epoch 1, iteration {per_epoch}" in second.text
+    assert "Epoch: 1/2" not in second.text, "the second run must continue, not restart"
+    assert f"Epoch: 2/2, Iter: {per_epoch}/{per_epoch}" in second.text
+    final = torch.load(checkpoint, weights_only=False)
+    assert final["trainer"]["iteration"] == 2 * per_epoch and final["trainer"]["max_epochs"] == 2
+    assert json.loads((bundle / "eval" / "train_summary.json").read_text())["epochs"] == 2
+    if key is not None:  # the GAN trainer: the restored epoch-1 state was PSNR-oriented; epoch 2 is the GAN phase
+        assert killed["phase"] == "psnr" and final["trainer"]["phase"] == "gan"
+        assert "switching training phase from 'psnr' to 'gan'" in second.text
+    _network_def(bundle).load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    assert not list(bundle.rglob("*.partial-*"))
 
 
 # --- the checkpoint file policy, in process ---

@@ -17,9 +17,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from tests.bundles.conftest import HEMF_BUNDLE, TINY_HEMF, TINY_HEMF_TRAIN  # noqa: F401
-from tests.conftest import REPO
-
-SCHEMAS = REPO.parent / "shared" / "schemas"
+from tests.conftest import REPO, load_schema
 
 
 @pytest.fixture(scope="module")
@@ -28,32 +26,13 @@ def isic_tiny(isic_cls_tiny) -> tuple[Path, list]:
     return isic_cls_tiny
 
 
-@pytest.fixture(scope="module")
-def trained_hemf_bundle(tiny_hemf_bundle, isic_tiny) -> Path:
-    configs = tiny_hemf_bundle / "configs"
-    workflow = ConfigWorkflow(
-        config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"), workflow_type="train", bundle_root=str(tiny_hemf_bundle),
-        dataset_dir=str(isic_tiny[0]),
-    )
-    workflow.initialize()
-    assert workflow.check_properties() in (None, [])
-    workflow.run()
-    workflow.finalize()
-    return tiny_hemf_bundle
-
-
-def _schema(name: str) -> dict:
-    path = SCHEMAS / name
-    if not path.exists():
-        pytest.skip(f"{path} not available (it sits beside the repository)")
-    return json.loads(path.read_text())
+# trained_hemf_bundle: the session fixture of tests/conftest.py (shared with the export tests)
 
 
 def test_metadata_is_valid_against_both_schemas():
     meta = json.loads((HEMF_BUNDLE / "configs" / "metadata.json").read_text())
-    jsonschema.validate(meta, _schema("meta_schema_20240725.json"))
-    jsonschema.validate(meta, _schema("meta_schema_20220324.json"))
+    jsonschema.validate(meta, load_schema("meta_schema_20240725.json"))
+    jsonschema.validate(meta, load_schema("meta_schema_20220324.json"))
     assert meta["version"] in meta["changelog"]
     requirements = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
     assert meta["monai_version"] == requirements["monai"] and meta["pytorch_version"] == requirements["torch"]

@@ -13,19 +13,15 @@ from PIL import Image
 
 from pipelines.inference import infer_volumes
 from tests.bundles.conftest import ISIC_BUNDLE, TINY_ISIC
-from tests.conftest import REPO
-
-SCHEMAS = REPO.parent / "shared" / "schemas"
+from tests.conftest import REPO, load_schema
 
 
 def test_metadata_is_valid_and_pins_the_requirements():
     import jsonschema
 
-    if not SCHEMAS.exists():
-        pytest.skip(f"{SCHEMAS} not available")
     meta = json.loads((ISIC_BUNDLE / "configs" / "metadata.json").read_text())
     for name in ("meta_schema_20240725.json", "meta_schema_20220324.json"):
-        jsonschema.validate(meta, json.loads((SCHEMAS / name).read_text()))
+        jsonschema.validate(meta, load_schema(name))
     pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
     for key in ("required_packages_version", "optional_packages_version"):
         assert all(pins[p] == v for p, v in meta[key].items())

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -15,23 +14,14 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from tests.conftest import LUNG_BUNDLE, REPO
-
-SCHEMAS = REPO.parent / "shared" / "schemas"
-
-
-def _schema(name: str) -> dict:
-    path = SCHEMAS / name
-    if not path.exists():
-        pytest.skip(f"{path} not available (it sits beside the repository)")
-    return json.loads(path.read_text())
+from tests.conftest import LUNG_BUNDLE, REPO, load_schema
 
 
 def test_metadata_is_valid_against_both_schemas():
     meta = json.loads((LUNG_BUNDLE / "configs" / "metadata.json").read_text())
     assert meta["schema"].endswith("meta_schema_20240725.json")
-    jsonschema.validate(meta, _schema("meta_schema_20240725.json"))
-    jsonschema.validate(meta, _schema("meta_schema_20220324.json"))
+    jsonschema.validate(meta, load_schema("meta_schema_20240725.json"))
+    jsonschema.validate(meta, load_schema("meta_schema_20220324.json"))
     assert meta["version"] in meta["changelog"]
     assert meta["monai_version"] == "1.6.1" and meta["pytorch_version"] == "2.13.0"
     requirements = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split()
@@ -191,9 +181,22 @@ def test_two_process_training_with_torchrun_on_cpu(tiny_lung_bundle, luna16_tiny
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert len(list((bundle / "logs").glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["checkpoint.pt", "model.pt"]
+    # hidden files (a run lock) aside; no temporary file of an interrupted write either
+    assert sorted(p.name for p in (bundle / "models").iterdir() if not p.name.startswith(".")) == [
+        "checkpoint.pt", "model.pt"]
+    assert not list(bundle.rglob("*.partial-*"))
     # console statistics come from rank 0 only: one validation line per epoch
     assert (proc.stdout + proc.stderr).count("Metrics -- val_mean_dice") == 2
+    checkpoint = torch.load(bundle / "models" / "checkpoint.pt", weights_only=False)
+    assert all(torch.equal(checkpoint["network"][k], rank0[k]) for k in rank0)  # rank 0 saved what both trained
+    assert checkpoint["trainer"]["iteration"] == 2 * checkpoint["trainer"]["epoch_length"]
+    # iteration statistics from rank 0 alone too: one line per iteration of its share of the data
+    assert (proc.stdout + proc.stderr).count("Epoch: 2/2, Iter: ") == checkpoint["trainer"]["epoch_length"]
+    parser = ConfigParser()  # the saved best model loads into a fresh network_def
+    parser.read_config(str(configs / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    parser.get_parsed_content("network_def").load_state_dict(
+        torch.load(bundle / "models" / "model.pt", weights_only=True))
 
 
 def test_network_swapped_by_a_config_override(tiny_lung_bundle, luna16_tiny, tmp_path):

@@ -20,50 +20,24 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import (
+    CT_SR_BUNDLE,
+    REPO,
+    SR_BUNDLES,
+    TINY_SR,
+    US_SR_BUNDLE,
+    load_schema,
+)
 
-SCHEMAS = REPO.parent / "shared" / "schemas"
-US_BUNDLE = REPO / "bundles" / "ultrasound_se_esrgan_superresolution"
-CT_BUNDLE = REPO / "bundles" / "ct_se_esrgan_superresolution"
-BUNDLES = {"us": US_BUNDLE, "ct": CT_BUNDLE}
-
-# the smallest configurations that still run every piece of the bundles (generator, SE, discriminator, both phases)
-TINY = {
-    "us": ({"nf": 8, "gc": 8, "nb": 1, "roi_size": [16, 16], "sw_batch_size": 2, "num_workers": 0},
-           {"hr_patch_size": [32, 32], "batch_size": 2, "num_samples": 1, "pretrain_epochs": 1, "max_epochs": 2,
-            "disc_features": 8, "disc_channel_mults": [1, 2], "ssim_win_size": 7, "val_fraction": 0.34}),
-    "ct": ({"nf": 8, "gc": 8, "nb": 1, "roi_size": [24, 24, 8], "sw_batch_size": 2, "num_workers": 0},
-           {"hr_patch_size": [24, 24, 16], "val_crop_size": [32, 32, 16], "batch_size": 2, "num_samples": 1,
-            "pretrain_epochs": 1, "max_epochs": 2, "disc_features": 8, "disc_channel_mults": [1, 2],
-            "ssim_win_size": 3, "val_fraction": 0.5}),
-}
-
-
-def _schema(name: str) -> dict:
-    path = SCHEMAS / name
-    if not path.exists():
-        pytest.skip(f"{path} not available (it sits beside the repository)")
-    return json.loads(path.read_text())
+US_BUNDLE, CT_BUNDLE = US_SR_BUNDLE, CT_SR_BUNDLE
+BUNDLES = SR_BUNDLES
+TINY = TINY_SR  # the configurations, defined in tests/conftest.py beside the session fixtures that use them
 
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update({"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     return env
-
-
-def _train(bundle: Path, dataset_dir: Path) -> Path:
-    configs = bundle / "configs"
-    workflow = ConfigWorkflow(
-        config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"), workflow_type="train", bundle_root=str(bundle),
-        dataset_dir=str(dataset_dir),
-    )
-    workflow.initialize()
-    assert workflow.check_properties() in (None, [])
-    workflow.run()
-    workflow.finalize()
-    return bundle
 
 
 def _copy(bundle: Path, dst: Path) -> Path:
@@ -80,24 +54,15 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+# the data sets and bundles are the session fixtures of tests/conftest.py (the export tests use them too)
 @pytest.fixture(scope="module")
-def us_data(tmp_path_factory) -> tuple[Path, list[Path]]:
-    """Six small synthetic ultrasound images (52 x 40) in the BUSI layout, masks beside them."""
-    from pipelines.synth.ultrasound import write_ultrasound
-
-    root = tmp_path_factory.mktemp("us")
-    return root, write_ultrasound(root, n_images=6, size=(40, 52), seed=1)
+def us_data(us_sr_tiny) -> tuple[Path, list[Path]]:
+    return us_sr_tiny
 
 
 @pytest.fixture(scope="module")
-def ct_data(tmp_path_factory) -> tuple[Path, list]:
-    """Three small synthetic LUNA16 scans; seed 7 stores two of them with a flipped z axis."""
-    from pipelines.synth.luna16 import write_luna16
-
-    root = tmp_path_factory.mktemp("luna_sr")
-    scans = write_luna16(root, cases=3, seed=7, fov_mm=40.0, length_mm=24.0, flip_fraction=0.5)
-    assert any(s.flip == "z" for s in scans)
-    return root, scans
+def ct_data(ct_sr_tiny) -> tuple[Path, list]:
+    return ct_sr_tiny
 
 
 @pytest.fixture(scope="module")
@@ -106,18 +71,14 @@ def data(us_data, ct_data) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_bundles(tmp_path_factory) -> dict[str, Path]:
-    from pipelines.bundle import derive_bundle
-
-    root = tmp_path_factory.mktemp("sr_bundles")
-    return {k: derive_bundle(BUNDLES[k], root / k, *TINY[k]) for k in BUNDLES}
+def tiny_bundles(tiny_sr_bundles) -> dict[str, Path]:
+    return tiny_sr_bundles
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_bundles, tmp_path_factory, data) -> dict[str, Path]:
-    """Both tiny bundles trained in-process for 2 epochs: 1 PSNR-oriented + 1 GAN."""
-    root = tmp_path_factory.mktemp("sr_trained")
-    return {k: _train(_copy(tiny_bundles[k], root / k), data[k][0]) for k in BUNDLES}
+def trained(trained_sr_bundles) -> dict[str, Path]:
+    """Both tiny bundles trained in process for 2 epochs: 1 PSNR-oriented + 1 GAN."""
+    return trained_sr_bundles
 
 
 # ------------------------------------------------------------------------------------------------------------ metadata
@@ -126,8 +87,8 @@ def test_metadata_is_valid_and_declares_scaled_output(name):
     bundle = BUNDLES[name]
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["schema"].endswith("meta_schema_20240725.json")
-    jsonschema.validate(meta, _schema("meta_schema_20240725.json"))
-    jsonschema.validate(meta, _schema("meta_schema_20220324.json"))
+    jsonschema.validate(meta, load_schema("meta_schema_20240725.json"))
+    jsonschema.validate(meta, load_schema("meta_schema_20220324.json"))
     assert meta["version"] in meta["changelog"]
     requirements = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
     for package, version in meta["required_packages_version"].items():
@@ -202,7 +163,8 @@ def test_training_writes_models_phase_checkpoint_and_tensorboard(trained, name):
 
     bundle = trained[name]
     models = bundle / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["checkpoint.pt", "model.pt", "model_final.pt"]
+    assert sorted(p.name for p in models.iterdir() if not p.name.startswith(".")) == [  # a run lock aside
+        "checkpoint.pt", "model.pt", "model_final.pt"]
     for file in ("model.pt", "model_final.pt"):
         state = torch.load(models / file, map_location="cpu", weights_only=True)
         assert "conv_first.weight" in state and "se.fc.0.weight" in state  # a plain generator state dict
@@ -256,10 +218,11 @@ def test_run_training_from_another_directory_and_resume_keeps_the_phase(tiny_bun
     assert not list(elsewhere.iterdir()), "nothing may be written to the working directory"
 
 
-def test_two_process_gan_training_with_torchrun_on_cpu(tiny_bundles, us_data, tmp_path):
+@pytest.mark.parametrize("name, port", [("us", 29561), ("ct", 29562)])
+def test_two_process_gan_training_with_torchrun_on_cpu(tiny_bundles, data, name, port, tmp_path):
     """multi_gpu_train.json under torchrun with gloo through both phases: DDP generator and discriminator, identical
-    weights on both ranks, rank 0 alone writes files."""
-    bundle = _copy(tiny_bundles["us"], tmp_path / "bundle")
+    weights on both ranks, rank 0 alone writes files, and the saved generator loads into network_def."""
+    bundle = _copy(tiny_bundles[name], tmp_path / "bundle")
     configs = bundle / "configs"
     # test-only: every rank saves both networks at the end, so the test can compare them
     (tmp_path / "ranks.json").write_text(json.dumps({"finalize": [
@@ -270,10 +233,10 @@ def test_two_process_gan_training_with_torchrun_on_cpu(tiny_bundles, us_data, tm
     ]}))
     files = [str(configs / "train.json"), str(configs / "multi_gpu_train.json"), str(tmp_path / "ranks.json")]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
          "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files),
-         "--bundle_root", str(bundle), "--dataset_dir", str(us_data[0]), "--val_fraction", "0.34",
-         "--max_epochs", "2", "--pretrain_epochs", "1"],
+         "--bundle_root", str(bundle), "--dataset_dir", str(data[name][0]),
+         "--val_fraction", str(TINY[name][1]["val_fraction"]), "--max_epochs", "2", "--pretrain_epochs", "1"],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
     )
     log = proc.stdout + proc.stderr
@@ -284,10 +247,24 @@ def test_two_process_gan_training_with_torchrun_on_cpu(tiny_bundles, us_data, tm
         assert rank0[net].keys() == rank1[net].keys() and len(rank0[net]) > 0
         assert all(torch.equal(rank0[net][k], rank1[net][k]) for k in rank0[net]), net
     assert len(list((bundle / "logs").glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["checkpoint.pt", "model.pt", "model_final.pt"]
-    assert torch.load(bundle / "models" / "checkpoint.pt", weights_only=False)["trainer"]["phase"] == "gan"
+    assert sorted(p.name for p in (bundle / "models").iterdir() if not p.name.startswith(".")) == [
+        "checkpoint.pt", "model.pt", "model_final.pt"]  # hidden files (a run lock) aside
+    assert not list(bundle.rglob("*.partial-*"))
+    checkpoint = torch.load(bundle / "models" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["trainer"]["phase"] == "gan"
+    assert checkpoint["trainer"]["iteration"] == 2 * checkpoint["trainer"]["epoch_length"]
     assert log.count("Metrics -- val_mse") == 2  # console statistics from rank 0 only: one line per epoch
+    per_rank = checkpoint["trainer"]["epoch_length"]  # and one line per iteration of rank 0's share of the data
+    assert log.count("Epoch: 1/2, Iter: ") == log.count("Epoch: 2/2, Iter: ") == per_rank, log[-3000:]
     assert "switching training phase from 'psnr' to 'gan'" in log
+    # the generator rank 0 saved at the end is the one both ranks trained, and it loads into a fresh network_def
+    final = torch.load(bundle / "models" / "model_final.pt", weights_only=True)
+    assert final.keys() == rank0["g"].keys() and all(torch.equal(final[k], rank0["g"][k]) for k in final)
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    parser.get_parsed_content("network_def").load_state_dict(
+        torch.load(bundle / "models" / "model.pt", weights_only=True))
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluation
