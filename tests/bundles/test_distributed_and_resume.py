@@ -232,6 +232,8 @@ KILL_RESUME = {
     "brats": ("tiny_brats_bundle", "brats_tiny", None, ["--val_fraction", "0.4"]),
     "hemf": ("tiny_hemf_bundle", "isic_cls_tiny", None, []),
     "ct_sr": ("tiny_sr_bundles", "ct_sr_tiny", "ct", []),
+    "lung": ("tiny_lung_bundle", "luna16_tiny", None, []),
+    "us_sr": ("tiny_sr_bundles", "us_sr_tiny", "us", []),
 }
 
 # test-only: while the file ``<bundle_root>/hold`` exists, the first iteration of epoch 2 waits (0.05 s steps, at most
