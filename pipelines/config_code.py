@@ -10,7 +10,8 @@ exported bundle carries as source). The configs of a bundle are merged when run 
 - a ``_target_`` that does not resolve into a trusted namespace (MONAI's bare names such as ``"Dataset"`` do);
 - in a ``$`` expression: a call whose callee is not a trusted module's function, a config reference (``@id``, whose
   own ``_target_`` is checked), a method of a value built inside the expression, or one of the harmless builtins
-  (:data:`SAFE_BUILTINS`); any name the expression does not define or import; any dunder attribute; ``import`` of an
+  (:data:`SAFE_BUILTINS`) or the folder and path functions of :data:`SAFE_CALLS`; any name the expression does
+  not define or import; any dunder attribute; ``import`` of an
   untrusted module; and text that does not parse.
 
 This is a reading aid, not a sandbox: a trusted function called with hostile arguments (a path, a pickle) can still
@@ -37,6 +38,9 @@ SAFE_BUILTINS = frozenset({
     "len", "list", "map", "max", "min", "range", "reversed", "round", "set", "slice", "sorted", "str", "sum", "tuple",
     "zip", "print", "True", "False", "None",
 })
+#: calls into untrusted modules that only create folders or read paths and the environment
+SAFE_CALLS = frozenset({"os.makedirs", "os.path.join", "os.path.exists", "os.path.isdir", "os.path.isfile",
+                        "os.path.abspath", "os.path.dirname", "os.path.basename", "os.environ.get", "os.getenv"})
 _REF = re.compile(r"@([\w#:]+)")
 _REF_NAME = "__config_ref__"
 
@@ -87,7 +91,14 @@ def _root(node: ast.AST) -> tuple[str | None, list[str]]:
 
 
 def expression_findings(expression: str, imports: dict[str, str]) -> list[str]:
-    """Why ``expression`` (without its leading ``$``) runs untrusted code; empty when it does not."""
+    """Why ``expression`` (without its leading ``$``) runs untrusted code; empty when it does not.
+
+    The one expression ``pipelines.export`` writes into an exported config to put the bundle's own code first on
+    ``sys.path`` is recognised by its exact text."""
+    from pipelines.export import BOOT_EXPR
+
+    if expression.strip() == BOOT_EXPR[1:]:
+        return []
     source = _REF.sub(_REF_NAME, expression.strip())
     try:
         tree = ast.parse(source)
@@ -103,7 +114,7 @@ def expression_findings(expression: str, imports: dict[str, str]) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             problems += [f"imports {a.name}" for a in node.names if not _trusted(a.name)
-                         and a.name not in ("os", "math", "json", "pathlib")]
+                         and a.name not in ("os", "sys", "math", "json", "pathlib")]
         elif isinstance(node, ast.ImportFrom):
             if not node.module or not _trusted(node.module):
                 problems.append(f"imports from {node.module}")
@@ -118,8 +129,9 @@ def expression_findings(expression: str, imports: dict[str, str]) -> list[str]:
                 continue  # a method of something built here or of a config reference
             if root in imports:
                 module = imports[root]
-                if not _trusted(module):
-                    problems.append(f"calls {'.'.join([module, *attrs])}")
+                name = ".".join([module, *attrs])
+                if not _trusted(module) and name not in SAFE_CALLS:
+                    problems.append(f"calls {name}")
             elif root not in SAFE_BUILTINS:
                 problems.append(f"calls {'.'.join([root, *attrs])}")
     return sorted(set(problems))

@@ -9,6 +9,11 @@ The zip holds a single folder ``<bundle name>/`` with::
     docs/, LICENSE
     networks/, pipelines/   the project code the configs name (``.py`` files, plus the metadata schemas)
     manifest.json    every other file with its SHA-256 and size, the versions it was made with, the TorchScript kind
+    manifest.sig     with ``--sign-key``: the Ed25519 signature of ``manifest.json`` (base64), so that a receiver who
+                     holds the public key can check every file (``verify --public-key``)
+
+Beside the zip, ``<zip>.sha256`` holds the archive's SHA-256 in ``sha256sum`` format, for ``verify --sha256`` or
+``sha256sum -c``.
 
 Why the code sits at the bundle root and the configs are rewritten: MONAI evaluates every ``$import`` /
 ``$from ... import`` statement of a config eagerly, the first time *any* item is resolved, and a failed import is
@@ -52,10 +57,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["export_bundle", "bundle_config", "file_digest", "manifest_files", "MANIFEST", "CODE_PACKAGES",
-           "add_arguments", "run_from_args", "export_main"]
+__all__ = ["export_bundle", "bundle_config", "file_digest", "manifest_files", "sign_manifest", "MANIFEST", "SIGNATURE",
+           "CODE_PACKAGES", "add_arguments", "run_from_args", "export_main"]
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
 CODE_PACKAGES = ("networks", "pipelines")
 BOOT_ID = "bundle_code"
 # puts the absolute bundle root first on sys.path (once) and evaluates to it. No "import" may appear in an expression
@@ -90,10 +96,27 @@ def manifest_files(root: str | os.PathLike) -> dict[str, dict]:
     files = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST or "__pycache__" in path.parts or path.suffix == ".pyc" or not path.is_file():
+        if rel in (MANIFEST, SIGNATURE) or "__pycache__" in path.parts or path.suffix == ".pyc" or not path.is_file():
             continue
         files[rel] = {"sha256": file_digest(path), "size": path.stat().st_size}
     return files
+
+
+def sign_manifest(manifest: bytes, key_file: str | os.PathLike) -> bytes:
+    """The base64 Ed25519 signature of ``manifest`` with the PEM private key in ``key_file`` (``cryptography``)."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(Path(key_file).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise ExportError(f"{key_file}: not a readable unencrypted PEM private key ({e})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ExportError(f"{key_file}: not an Ed25519 private key (make one with: openssl genpkey -algorithm "
+                          "ed25519 -out key.pem)")
+    return base64.b64encode(key.sign(manifest)) + b"\n"
 
 
 # ----------------------------------------------------------------------------------------------------------- configs
@@ -350,6 +373,7 @@ def export_bundle(
     torchscript: bool = True,
     name: str | None = None,
     allow_missing_weights: bool = False,
+    sign_key: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``bundle_dir`` as a self-contained zip ``out_zip`` (see the module doc for the layout); return its path.
 
@@ -360,6 +384,7 @@ def export_bundle(
         torchscript: also write the TorchScript (or ``torch.export``) model made from ``network_def`` and the weights.
         name: the bundle's name, the zip's top folder (default: the folder name of ``bundle_dir``).
         allow_missing_weights: export an untrained bundle (no ``models/``) instead of raising.
+        sign_key: an Ed25519 private key (PEM) to sign ``manifest.json`` with (``manifest.sig``).
 
     Raises:
         FileNotFoundError: a required file is missing (configs, the weights unless ``allow_missing_weights``).
@@ -426,13 +451,19 @@ def export_bundle(
             "files": manifest_files(stage),
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if sign_key is not None:
+            (stage / SIGNATURE).write_bytes(sign_manifest((stage / MANIFEST).read_bytes(), sign_key))
 
         with atomic_path(out_zip) as partial:
             with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 zf.write(stage, f"{name}/")
                 for path in sorted(stage.rglob("*")):
                     zf.write(path, f"{name}/{path.relative_to(stage).as_posix()}")
-    return Path(out_zip)
+    out = Path(out_zip)
+    digest = Path(f"{out}.sha256")
+    with atomic_path(digest) as partial:
+        partial.write_text(f"{file_digest(out)}  {out.name}\n")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------- CLI
@@ -446,19 +477,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="bundle name, the zip's top folder (default: the bundle folder's name)")
     parser.add_argument("--no-torchscript", action="store_true", help="do not write models/model.ts")
     parser.add_argument("--allow-untrained", action="store_true", help="export without trained weights")
+    parser.add_argument("--sign-key", metavar="KEY.pem", help="sign manifest.json with this Ed25519 private key "
+                        "(openssl genpkey -algorithm ed25519 -out KEY.pem; the receiver checks it with the public key:"
+                        " openssl pkey -in KEY.pem -pubout -out KEY.pub, verify --public-key KEY.pub)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``python -m pipelines export``: 0 when written, 2 on an error (one line on stderr)."""
     try:
         out = export_bundle(args.bundle, args.out, weights=args.weights, torchscript=not args.no_torchscript,
-                            name=args.name, allow_missing_weights=args.allow_untrained)
+                            name=args.name, allow_missing_weights=args.allow_untrained, sign_key=args.sign_key)
     except (FileNotFoundError, ValueError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     manifest = json.loads(zipfile.ZipFile(out).read(f"{args.name or Path(args.bundle).resolve().name}/{MANIFEST}"))
     kind = (manifest.get("torchscript") or {}).get("kind", "none")
-    print(f"export: wrote {out} ({len(manifest['files'])} files, TorchScript: {kind})")
+    signed = ", manifest signed" if args.sign_key else ""
+    print(f"export: wrote {out} ({len(manifest['files'])} files, TorchScript: {kind}{signed}); SHA-256 in {out}.sha256")
     return 0
 
 

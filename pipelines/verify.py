@@ -16,6 +16,20 @@ ratio make it refused as a whole. A safe zip is extracted into a temporary folde
 * the TorchScript model (``models/model.ts``, or the manifest's ``models/model.pt2``) gives the same outputs as that
   eager network.
 
+What the bundle will run, found without running it (also with ``--no-network``):
+
+* ``configs/logging.conf`` through MONAI's own screen (``fileConfig`` ``eval``s its ``class=``/``args=`` fields);
+* ``models/model.pt`` read with ``torch.load(weights_only=True)``: a pickle that would run code is reported;
+* every ``_target_`` and ``$`` expression that runs code outside MONAI, PyTorch, Ignite, NumPy and the bundle's own
+  ``networks``/``pipelines`` (:mod:`pipelines.config_code`), listed as ``runs code: ...``; they make the exit code 1
+  unless ``--allow-code`` is given;
+* paths in ``manifest.json`` (``weights``, ``torchscript.file``) that leave the bundle folder;
+* with ``--sha256 HEX``: the zip's digest; with ``--public-key FILE``: the Ed25519 signature ``manifest.sig`` of
+  ``manifest.json`` (whose table covers every other file).
+
+Building and running ``network_def`` (the shape and TorchScript checks) imports and runs the bundle's code:
+``--no-network`` skips it for a bundle you do not trust.
+
 MONAI's ``verify_metadata`` downloads the schema and reports only the first violation, and ``verify_net_in_out``
 checks channels and dtype but not the spatial shape and runs without the weights, so both are reimplemented here
 (the input shape patterns such as ``"32*n"`` are still expanded by MONAI's own helper).
@@ -34,7 +48,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipelines.export import MANIFEST, manifest_files
+from pipelines.export import MANIFEST, SIGNATURE, file_digest, manifest_files
 
 __all__ = ["verify_bundle", "check_zip", "check_folder", "schema_path", "SCHEMAS", "add_arguments", "run_from_args",
            "verify_main"]
@@ -174,6 +188,72 @@ def _check_metadata(meta: dict, problems: list[str]) -> None:
         problems.append(f"{rel}: schema {path.name} violated at {where}: {message}")
 
 
+def _inside(root: Path, rel: Any, what: str, problems: list[str]) -> str | None:
+    """``rel`` when it is a relative path that stays inside ``root``; else a problem and ``None``."""
+    if not isinstance(rel, str) or not rel:
+        problems.append(f"{MANIFEST}: {what} is {rel!r}, not a path inside the bundle")
+        return None
+    target = (root / rel).resolve()
+    if Path(rel).is_absolute() or (target != root.resolve() and root.resolve() not in target.parents):
+        problems.append(f"{MANIFEST}: {what} {rel!r} points outside the bundle; refusing to read it")
+        return None
+    return rel
+
+
+def _check_logging(root: Path, problems: list[str]) -> None:
+    path = root / "configs" / "logging.conf"
+    if not path.is_file():
+        return
+    try:  # MONAI's own screen of the INI file (private in MONAI 1.6: monai.bundle.workflows)
+        from monai.bundle.workflows import _reject_executable_logging_config
+    except ImportError:
+        problems.append("configs/logging.conf: cannot be screened (this MONAI has no logging-config check)")
+        return
+    try:
+        _reject_executable_logging_config(str(path))
+    except Exception as e:  # noqa: BLE001 - MONAI raises ValueError; anything else is as bad
+        problems.append(f"configs/logging.conf: MONAI refuses it: {_first_line(e)}")
+
+
+def _check_weights_file(root: Path, rel: str, problems: list[str]) -> bool:
+    """Can ``rel`` be read as plain tensors (``weights_only=True``)? Reading it runs nothing."""
+    import torch
+
+    try:
+        torch.load(root / rel, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        problems.append(f"{rel}: not a plain weights file: torch.load(weights_only=True) refuses it, so loading it "
+                        f"would unpickle arbitrary objects ({_first_line(e)[:160]})")
+        return False
+    return True
+
+
+def _check_signature(root: Path, public_key: str | os.PathLike, problems: list[str]) -> None:
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(Path(public_key).read_bytes())
+    except (OSError, ValueError, TypeError) as e:
+        problems.append(f"{public_key}: not a readable PEM public key ({e})")
+        return
+    if not isinstance(key, Ed25519PublicKey):
+        problems.append(f"{public_key}: not an Ed25519 public key")
+        return
+    if not (root / SIGNATURE).is_file() or not (root / MANIFEST).is_file():
+        problems.append(f"{SIGNATURE}: missing: the bundle is not signed (export --sign-key)")
+        return
+    try:
+        key.verify(base64.b64decode((root / SIGNATURE).read_bytes().strip(), validate=True),
+                   (root / MANIFEST).read_bytes())
+    except (InvalidSignature, ValueError):
+        problems.append(f"{SIGNATURE}: does not match {MANIFEST} under {Path(public_key).name}: the bundle was not "
+                        "signed with that key, or it was changed after signing")
+
+
 def _check_manifest(root: Path, manifest: dict, problems: list[str]) -> None:
     listed = manifest.get("files")
     if not isinstance(listed, dict):
@@ -238,6 +318,9 @@ def _check_network(root: Path, meta: dict, weights: Path | None, ts_record: dict
         except Exception as e:  # noqa: BLE001 - any config or import error is a problem of the bundle
             problems.append(f"{rel}: network_def cannot be built: {_first_line(e)}")
             return
+        if not isinstance(net, torch.nn.Module):
+            problems.append(f"{rel}: network_def builds a {type(net).__name__}, not a torch.nn.Module")
+            return
         if weights is not None and weights.is_file():
             try:
                 state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -296,8 +379,10 @@ def _first_line(error: BaseException) -> str:
 
 
 def check_folder(root: str | os.PathLike, *, run_network: bool = True, require_manifest: bool = False,
-                 rtol: float = 1e-4, atol: float = 1e-5) -> list[str]:
+                 rtol: float = 1e-4, atol: float = 1e-5, public_key: str | os.PathLike | None = None) -> list[str]:
     """The Model Zoo style checks of an (extracted) bundle folder; see the module doc."""
+    from pipelines.config_code import code_findings
+
     root = Path(root)
     problems: list[str] = []
     manifest = None
@@ -310,10 +395,17 @@ def check_folder(root: str | os.PathLike, *, run_network: bool = True, require_m
             manifest = None
     elif require_manifest:
         problems.append(f"{MANIFEST}: missing (every exported bundle has one)")
+    if public_key is not None:
+        _check_signature(root, public_key, problems)
     weights_rel = (manifest or {}).get("weights", "models/model.pt") or "models/model.pt"
-    for rel in (*REQUIRED, weights_rel):
+    weights_rel = _inside(root, weights_rel, "weights", problems)
+    for rel in (*REQUIRED, *([weights_rel] if weights_rel else [])):
         if not (root / rel).is_file():
             problems.append(f"{rel}: missing (required)")
+    weights_ok = bool(weights_rel) and (root / weights_rel).is_file() \
+        and _check_weights_file(root, weights_rel, problems)
+    _check_logging(root, problems)
+    problems += code_findings(root)
     for config in sorted((root / "configs").glob("*.json")) if (root / "configs").is_dir() else []:
         if config.name != "metadata.json":
             _load_json(root, f"configs/{config.name}", problems)
@@ -325,12 +417,15 @@ def check_folder(root: str | os.PathLike, *, run_network: bool = True, require_m
     ts_record = (manifest or {}).get("torchscript")
     if ts_record is None and (root / "models" / "model.ts").is_file():
         ts_record = {"kind": "script", "file": "models/model.ts"}
+    if ts_record is not None and (not isinstance(ts_record, dict)
+                                  or _inside(root, ts_record.get("file"), "torchscript.file", problems) is None):
+        ts_record = None
     if ts_record is not None and not (root / ts_record.get("file", "")).is_file():
         problems.append(f"{ts_record.get('file')}: missing (declared in {MANIFEST})")
         ts_record = None
     if run_network and isinstance(meta, dict) and (root / "configs/inference.json").is_file() \
             and not any(p.startswith("configs/inference.json: not valid") for p in problems):
-        _check_network(root, meta, root / weights_rel, ts_record, problems, rtol, atol)
+        _check_network(root, meta, root / weights_rel if weights_ok else None, ts_record, problems, rtol, atol)
     return problems
 
 
@@ -343,20 +438,30 @@ def verify_bundle(
     max_members: int = MAX_MEMBERS,
     workdir: str | os.PathLike | None = None,
     run_network: bool = True,
+    sha256: str | None = None,
+    public_key: str | os.PathLike | None = None,
 ) -> list[str]:
     """Problems of the bundle folder or bundle zip ``path``, one line each naming the file; ``[]`` when it is fine.
 
     A zip is refused as a whole (nothing extracted) when :func:`check_zip` finds it unsafe; otherwise it is
     extracted into a temporary folder under ``workdir`` (default: the system's), checked, and removed.
-    ``run_network=False`` skips building and running the network (and the TorchScript comparison).
+    ``run_network=False`` skips building and running the network (and the TorchScript comparison). ``sha256``: the
+    zip's expected digest (hex). ``public_key``: a PEM Ed25519 public key that must have signed ``manifest.json``.
     """
     path = Path(path)
     if path.is_dir():
-        return check_folder(path, run_network=run_network)
+        if sha256:
+            return [f"{path}: --sha256 checks an exported zip, not a folder"]
+        return check_folder(path, run_network=run_network, public_key=public_key)
     if not path.is_file():
         return [f"{path}: no such bundle folder or zip"]
     if not zipfile.is_zipfile(path):
         return [f"{path}: neither a bundle folder nor a zip archive"]
+    if sha256:
+        actual = file_digest(path)
+        if actual.lower() != sha256.strip().lower():
+            return [f"{path.name}: SHA-256 {actual} differs from the expected {sha256.strip()}: not the file that was "
+                    "published (or damaged in transit); nothing was extracted"]
     try:
         with zipfile.ZipFile(path) as zf:
             unsafe = check_zip(zf, path.name, max_member_bytes=max_member_bytes, max_total_bytes=max_total_bytes,
@@ -368,7 +473,8 @@ def verify_bundle(
                     _extract(zf, Path(tmp))
                 except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
                     return [f"{path.name}: cannot be extracted: {e}"]
-                return check_folder(_bundle_root(zf, Path(tmp)), run_network=run_network, require_manifest=True)
+                return check_folder(_bundle_root(zf, Path(tmp)), run_network=run_network, require_manifest=True,
+                                    public_key=public_key)
     except zipfile.BadZipFile as e:
         return [f"{path.name}: not a readable zip archive: {e}"]
 
@@ -383,18 +489,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse a zip with a member larger than this, uncompressed (default %(default).0f)")
     parser.add_argument("--max-total-mb", type=float, default=MAX_TOTAL_BYTES / 2**20,
                         help="refuse a zip larger than this in all, uncompressed (default %(default).0f)")
-    parser.add_argument("--no-network", action="store_true", help="skip building and running network_def")
+    parser.add_argument("--no-network", action="store_true",
+                        help="do not build or run network_def (it runs the bundle's code); every static check still runs")
+    parser.add_argument("--allow-code", action="store_true",
+                        help="list configs that run code outside MONAI/PyTorch/NumPy/networks/pipelines, but exit 0")
+    parser.add_argument("--sha256", metavar="HEX", help="the zip's expected SHA-256 (the exported <zip>.sha256)")
+    parser.add_argument("--public-key", metavar="KEY.pub", help="PEM Ed25519 public key that signed manifest.json")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``python -m pipelines verify``: exit code 0 when no problem was found, else 1 after one line per problem."""
     problems = verify_bundle(args.bundle, max_member_bytes=int(args.max_member_mb * 2**20),
-                             max_total_bytes=int(args.max_total_mb * 2**20), run_network=not args.no_network)
+                             max_total_bytes=int(args.max_total_mb * 2**20), run_network=not args.no_network,
+                             sha256=args.sha256, public_key=args.public_key)
     for problem in problems:
         print(problem)
+    code = [p for p in problems if ": runs code: " in p]
+    blocking = [p for p in problems if p not in code] + ([] if args.allow_code else code)
     if not problems:
         print(f"verify: {args.bundle}: no problems found")
-    return 1 if problems else 0
+    elif not blocking:
+        print(f"verify: {args.bundle}: no problems found; {len(code)} place(s) run code outside the trusted "
+              "namespaces (--allow-code)")
+    return 1 if blocking else 0
 
 
 def verify_main(argv: list[str] | None = None) -> int:

@@ -107,7 +107,8 @@ def _env() -> dict:
 
 
 def test_export_writes_a_complete_zip_with_manifest(exported, trained_lung_bundle):
-    assert sorted(p.name for p in exported.parent.iterdir()) == [exported.name], "no temporary file may be left"
+    assert sorted(p.name for p in exported.parent.iterdir()) == [exported.name, f"{exported.name}.sha256"], \
+        "no temporary file may be left; the zip's SHA-256 is written beside it"
     with zipfile.ZipFile(exported) as zf:
         names = [n for n in zf.namelist() if not n.endswith("/")]
         assert all(n.startswith(f"{NAME}/") for n in zf.namelist())
