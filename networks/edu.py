@@ -7,7 +7,7 @@ Reference:
 
 The paper's abstract fixes the idea (encoder features are filtered depthwise by spatial enhancement filters before
 they meet the decoder); the filter bank, the dense-block layout and the widths are not published. The choices here
-are the interpretation of ``shared/design/networks.md`` section 1: Gaussian denoising at 3, 5 and 7 taps, each
+are this project's interpretation: Gaussian denoising at 3, 5 and 7 taps, each
 sharpened by a difference of Gaussians (unsharp masking), fused with the raw skip by a 1x1 convolution.
 """
 

@@ -2,7 +2,9 @@
 
 Reference: R. Azad, A. Bozorgpour, M. Asadi-Aghbolaghi, D. Merhof, S. Escalera, "Deep Frequency Re-calibration U-Net
 for Medical Image Segmentation", ICCV Workshops 2021. The authors' Keras code is at https://github.com/rezazad68/FRCU-Net.
-The design notes for this re-implementation are in ``/work/shared/design/networks.md``, section 2.
+What follows the authors and what is this project's: the frequency re-calibration (DoG stack, sigma = 1.6 * 2^(i/3),
+per-level squeeze-excite, 1x1 fusion) is the authors' bottleneck; the plain U-Net encoder/decoder around it is this
+project's design (the authors' code uses a DeepLabv3+ Xception encoder).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The teaching U-Net family: U-Net, UNet++, ResUNet and ResUNet++ as in RezaSaadatyar/Medical-Image-Processing.
 
 Source: the Keras helpers ``Code/Functions/{unet,unetplusplus,resunet,resunetplusplus}_model.py`` of the course
-repository RezaSaadatyar/Medical-Image-Processing (see ``design/networks.md`` section 5). The classes reproduce those
+repository RezaSaadatyar/Medical-Image-Processing (Keras teaching code). The classes reproduce those
 layouts layer for layer (widths, kernel sizes, biases, concatenation order, the quirks listed below), so that with the
 default ``base_filters=16``, ``in_channels=3`` and ``out_channels=1`` the 2D parameter counts match the Keras models
 (1.94 M, 2.28 M, 4.72 M, 4.06 M). Convolutions, pooling and normalisation come from MONAI factories, so

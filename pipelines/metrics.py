@@ -1,6 +1,6 @@
 """Segmentation metrics: MONAI's where they exist, hand-written where MONAI has none, and a per-case report.
 
-The teaching repository (``shared/design/networks.md`` section 5, "Metrics listed") reports IoU, Dice/F1, pixel
+The teaching repository of the U-Net family (RezaSaadatyar/Medical-Image-Processing) reports IoU, Dice/F1, pixel
 accuracy, mean pixel accuracy, mIoU, boundary F1, precision and recall; this project adds HD95 and surface Dice
 (normalised surface distance), both in millimetres. Where each one comes from:
 

@@ -41,7 +41,7 @@ def n_params(module: torch.nn.Module) -> int:
     [(2, True, 6_458_156), (2, False, 6_109_036), (3, True, 16_366_444), (3, False, 16_017_324)],
 )
 def test_parameter_count_reference_configuration(spatial_dims, mde, expected):
-    # networks.md section 1: 2D about 6.46 M, 3D about 16.37 M (1 input channel, 2 classes); MDE fusion adds 0.35 M
+    # the reference configuration: 2D about 6.46 M, 3D about 16.37 M (1 input channel, 2 classes); MDE fusion adds 0.35 M
     assert n_params(EDU(spatial_dims, 1, 2, mde=mde)) == expected
 
 

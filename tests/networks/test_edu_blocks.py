@@ -1,6 +1,6 @@
 """E-DU building blocks (networks/edu.py) checked by value: MDE in every mode, DenseLayer/DenseBlock, EDU's wiring.
 
-The expected MDE maps are computed in NumPy/SciPy from the formulas of the design (networks.md section 1):
+The expected MDE maps are computed in NumPy/SciPy from the formulas in MDE's docstring:
 Gaussian G_k with sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8 and zero "same" padding;
 DoG E_k = G_k x + a (G_k x - G_{k+2} x); Laplacian E_k = G_k x + a L(G_k x), L the centre-positive 3^d kernel
 (all -1, centre 3^d - 1).

@@ -2,7 +2,7 @@
 the frequency re-calibration fusion and the skip wiring of UpCat and FRCUNet.
 
 Expected values come from NumPy/SciPy: Gaussian taps exp(-x^2 / 2 sigma_i^2) with sigma_i = sigma0 * step^i
-(i = 1..n, networks.md section 2), ``scipy.ndimage.correlate`` for the blurs, and the SE MLP written as matrix products
+(i = 1..n, as the FR module's docstring says), ``scipy.ndimage.correlate`` for the blurs, and the SE MLP written as matrix products
 of its weights.
 """
 

@@ -67,7 +67,7 @@ def test_shape(net_cls, kwargs, in_shape, out_shape):
         assert net(torch.randn(in_shape)).shape == out_shape
 
 
-# networks.md sections 5 and 6: 1.94 / 2.28 / 4.72 / 4.06 M for base 16, 3 input channels, 1 class, 2D
+# the published counts: 1.94 / 2.28 / 4.72 / 4.06 M for base 16, 3 input channels, 1 class, 2D
 REFERENCE_2D = [(UNet, 1.94e6, 1_941_105), (UNetPlusPlus, 2.28e6, 2_280_353), (ResUNet, 4.72e6, 4_715_761),
                 (ResUNetPlusPlus, 4.06e6, 4_062_993)]
 # no reference exists in 3D; these pin the counts of spatial_dims=3, 1 input channel, 2 classes
@@ -82,7 +82,7 @@ def test_parameter_count_reference_configuration(net_cls, reference, exact):
 
 
 def test_parameter_count_resunetplusplus_base32():
-    # networks.md section 5: 16.23 M at base 32
+    # the published count: 16.23 M at base 32
     count = n_params(ResUNetPlusPlus(2, 3, 1, base_filters=32))
     assert abs(count - 16.23e6) / 16.23e6 < 0.01
 
