@@ -28,6 +28,7 @@ Upstream: MONAI's readers and SimpleITK do none of these checks; ITK warns about
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
@@ -306,13 +307,22 @@ def read_image_information(path: str | os.PathLike) -> sitk.ImageFileReader:
     """Read the header of ``path`` and run every check of this module on it; no voxels are read.
 
     Returns the ``sitk.ImageFileReader`` with the information loaded (``GetSize()``, ``GetSpacing()``...).
-    Raises ``ValueError("<path>: <problem>")``.
+    Raises ``ValueError("<path>: <problem>")``. A file that passed is not checked again while its size and
+    modification time stay the same (inference checks an input, then its reader opens it).
     """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: file not found")
     if path.is_dir():
         raise ValueError(f"{path}: a folder, not an image file (DICOM series folders are read as series)")
+    stat = path.stat()
+    return _checked_file(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_file(resolved: str, size: int, mtime_ns: int) -> sitk.ImageFileReader:
+    """The checks of :func:`read_image_information`, cached by file identity (a failure is never cached)."""
+    path = Path(resolved)
     name = path.name.lower()
     try:
         if name.endswith((".mhd", ".mha")):
@@ -426,6 +436,21 @@ def _spacing_problem(files: Sequence[str], tolerance: float) -> str | None:
 
 def dicom_series(folder: str | os.PathLike, series_uid: str = "", *,
                  spacing_tolerance: float = SLICE_SPACING_TOLERANCE) -> list[DicomSeries]:
+    """The checked series of a DICOM folder (see :func:`_dicom_series`); a folder that passed is not read again while
+    its entries keep their names, sizes and modification times."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a DICOM series folder")
+    state = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+    return list(_checked_series(str(folder), series_uid, spacing_tolerance, state))
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_series(folder: str, series_uid: str, spacing_tolerance: float, state: tuple) -> tuple[DicomSeries, ...]:
+    return tuple(_dicom_series(Path(folder), series_uid, spacing_tolerance))
+
+
+def _dicom_series(folder: Path, series_uid: str, spacing_tolerance: float) -> list[DicomSeries]:
     """The checked series of a DICOM folder: all of them, or the one ``series_uid`` names.
 
     Raises ``ValueError("<folder>: ...")`` when the folder holds no series, when ``series_uid`` is not among them,
@@ -433,9 +458,6 @@ def dicom_series(folder: str | os.PathLike, series_uid: str = "", *,
     pixel data is short, or when a series' slice positions are not evenly spaced (within ``spacing_tolerance`` of
     the median gap).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: not a DICOM series folder")
     uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not uids:
         raise ValueError(f"{folder}: no DICOM series found in this folder")
