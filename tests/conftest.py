@@ -240,3 +240,25 @@ def trained_sr_bundles(tiny_sr_bundles, tmp_path_factory, us_sr_tiny, ct_sr_tiny
         copy = shutil.copytree(bundle, root / k, ignore=shutil.ignore_patterns("models", "eval", "logs", "cache"))
         trained[k] = train_bundle(Path(copy), data[k][0])
     return trained
+
+
+def tiny_trainer(ckpt_dir: Path):
+    """A one-layer Ignite trainer with a :class:`~pipelines.engines.ResumableCheckpoint` in ``ckpt_dir``, and its data
+    (3 batches): the checkpoint policy tested in process, in milliseconds."""
+    from ignite.engine import Engine
+
+    from pipelines.engines import ResumableCheckpoint
+
+    network = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        loss = network(batch).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    trainer = Engine(step)
+    ResumableCheckpoint(str(ckpt_dir), {"network": network, "optimizer": optimizer}).attach(trainer)
+    return trainer, [torch.ones(4, 2)] * 3

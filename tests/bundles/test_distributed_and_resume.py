@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import tiny_trainer
+
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -293,32 +295,14 @@ def test_training_resumes_after_sigkill_mid_epoch(which, request, tmp_path):
 # --- the checkpoint file policy, in process ---
 
 
-def _tiny_trainer(ckpt_dir: Path, max_epochs: int = 1):
-    from ignite.engine import Engine
-
-    from pipelines.engines import ResumableCheckpoint
-
-    network = torch.nn.Linear(2, 1)
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
-
-    def step(engine, batch):
-        optimizer.zero_grad()
-        loss = network(batch).pow(2).mean()
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    trainer = Engine(step)
-    ResumableCheckpoint(str(ckpt_dir), {"network": network, "optimizer": optimizer}).attach(trainer)
-    return trainer, [torch.ones(4, 2)] * 3
 
 
 def test_leftover_temporary_checkpoint_is_removed_and_never_read(tmp_path):
-    trainer, data = _tiny_trainer(tmp_path)
+    trainer, data = tiny_trainer(tmp_path)
     trainer.run(data, max_epochs=1)
     leftover = tmp_path / ".checkpoint.pt.partial-abc123.pt"
     leftover.write_bytes(b"\x80 a write killed half way")
-    trainer, data = _tiny_trainer(tmp_path)
+    trainer, data = tiny_trainer(tmp_path)
     trainer.run(data, max_epochs=2)
     assert not leftover.exists()
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["trainer"]["iteration"] == 2 * len(data)
@@ -326,13 +310,13 @@ def test_leftover_temporary_checkpoint_is_removed_and_never_read(tmp_path):
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", None])
 def test_a_corrupt_checkpoint_stops_training_with_its_name(tmp_path, content):
-    trainer, data = _tiny_trainer(tmp_path)
+    trainer, data = tiny_trainer(tmp_path)
     trainer.run(data, max_epochs=1)
     path = tmp_path / "checkpoint.pt"
     if content is None:  # cut short by something other than the handler (a copy, a full disk)
         content = path.read_bytes()[:200]
     path.write_bytes(content)
-    trainer, data = _tiny_trainer(tmp_path)
+    trainer, data = tiny_trainer(tmp_path)
     with pytest.raises(ValueError, match=f"{path}: cannot resume from this checkpoint .*delete or move it away"):
         trainer.run(data, max_epochs=2)
     assert path.read_bytes() == content, "the file is left for the user to inspect"

@@ -14,19 +14,14 @@ import torch
 from scipy import ndimage
 
 from networks.edu import EDU, MDE, DenseBlock, DenseLayer
+from tests.networks import reference
 
 EPS = 1e-5  # BatchNorm's default eps
 
 
 def np_gaussian(k: int, dims: int) -> np.ndarray:
-    sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8
-    x = np.arange(k) - (k - 1) / 2
-    g = np.exp(-(x**2) / (2 * sigma**2))
-    g /= g.sum()
-    out = g
-    for _ in range(dims - 1):
-        out = np.multiply.outer(out, g)
-    return out
+    """MDE's Gaussian: k taps at OpenCV's sigma."""
+    return reference.np_gaussian(k, reference.np_opencv_sigma(k), dims)
 
 
 def np_laplace(dims: int) -> np.ndarray:

@@ -28,14 +28,6 @@ from networks.esrgan import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny inputs run fastest on one thread, and do not stall when the CPU is shared; a fixed seed per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 DIMS = pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from networks.blocks.filters import FixedDepthwiseFilter, _FixedDepthwiseConv, gaussian_kernel, opencv_sigma
+from tests.networks.reference import np_gaussian
 
 # torch padding mode -> the scipy.ndimage mode that pads the same way (torch "reflect" does not repeat the edge sample,
 # which is scipy's "mirror"; scipy's "reflect" repeats it)
@@ -23,15 +24,6 @@ SCIPY_MODE = {"zeros": "constant", "reflect": "mirror", "replicate": "nearest"}
 SHAPES = {2: {"kernel": (3, 5), "image": (7, 9)}, 3: {"kernel": (3, 1, 5), "image": (5, 6, 7)}}
 
 
-def np_gaussian(k: int, sigma: float, dims: int) -> np.ndarray:
-    """exp(-x^2 / (2 sigma^2)) at the taps x = -(k-1)/2 .. (k-1)/2, normalised, outer product over ``dims`` axes."""
-    x = np.arange(k) - (k - 1) / 2
-    g = np.exp(-(x**2) / (2 * sigma**2))
-    g /= g.sum()
-    out = g
-    for _ in range(dims - 1):
-        out = np.multiply.outer(out, g)
-    return out
 
 
 def np_filter(x: np.ndarray, kernel: np.ndarray, mode: str) -> np.ndarray:

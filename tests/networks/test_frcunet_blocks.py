@@ -14,18 +14,11 @@ import torch
 from scipy import ndimage
 
 from networks.frcunet import FRCUNet, FrequencyRecalibration, LevelSqueezeExcitation, UpCat
+from tests.networks.reference import np_gaussian
 
 SCIPY_MODE = {"zeros": "constant", "reflect": "mirror", "replicate": "nearest"}
 
 
-def np_gaussian(k: int, sigma: float, dims: int) -> np.ndarray:
-    x = np.arange(k) - (k - 1) / 2
-    g = np.exp(-(x**2) / (2 * sigma**2))
-    g /= g.sum()
-    out = g
-    for _ in range(dims - 1):
-        out = np.multiply.outer(out, g)
-    return out
 
 
 def corr(x: np.ndarray, kernel: np.ndarray, mode: str = "zeros") -> np.ndarray:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from tests.regenerate_frozen import (
     CASES,
@@ -36,13 +35,6 @@ from tests.regenerate_frozen import (
 RTOL_OF_MAX = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _frozen(case):

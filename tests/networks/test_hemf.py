@@ -25,13 +25,6 @@ SHAPE_CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _count(model: torch.nn.Module) -> int:

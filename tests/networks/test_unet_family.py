@@ -47,13 +47,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # these networks are tiny here: intra-op threads only add contention on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def n_params(module: torch.nn.Module) -> int:

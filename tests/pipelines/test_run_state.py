@@ -16,6 +16,7 @@ import torch
 
 from pipelines.engines.run_state import FolderLock, capture_random_state, restore_random_state
 from tests.bundles.conftest import ISIC_BUNDLE, TINY_ISIC, TINY_ISIC_TRAIN
+from tests.conftest import tiny_trainer
 
 HOLDER = """
 import sys, time
@@ -91,30 +92,12 @@ class _Evil:
         return (os.system, (f"touch {Path.cwd() / 'PWNED_BY_CHECKPOINT'}",))
 
 
-def _tiny_trainer(ckpt_dir: Path):
-    from ignite.engine import Engine
-
-    from pipelines.engines import ResumableCheckpoint
-
-    network = torch.nn.Linear(2, 1)
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
-
-    def step(engine, batch):
-        optimizer.zero_grad()
-        loss = network(batch).pow(2).mean()
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    trainer = Engine(step)
-    ResumableCheckpoint(str(ckpt_dir), {"network": network, "optimizer": optimizer}).attach(trainer)
-    return trainer, [torch.ones(4, 2)] * 3
 
 
 def test_a_pickle_planted_as_checkpoint_is_refused_and_never_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"trainer": _Evil()}, tmp_path / "checkpoint.pt")
-    trainer, data = _tiny_trainer(tmp_path)
+    trainer, data = tiny_trainer(tmp_path)
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'checkpoint.pt'}: cannot resume from this checkpoint"):
         trainer.run(data, max_epochs=1)
     assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
@@ -123,7 +106,7 @@ def test_a_pickle_planted_as_checkpoint_is_refused_and_never_runs(tmp_path, monk
 def test_a_full_disk_says_no_space_left_and_names_the_path(tmp_path, monkeypatch):
     import shutil
 
-    trainer, data = _tiny_trainer(tmp_path)
+    trainer, data = tiny_trainer(tmp_path)
 
     def full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
