@@ -49,6 +49,7 @@ GAN_TESTS = LOSS_TESTS + ("tests/pipelines/test_gan_engine.py", "tests/pipelines
 METRIC_TESTS = ("tests/test_metrics.py", "tests/pipelines/test_classification_report.py")
 PRESET_TESTS = (
     "tests/pipelines/test_presets_values.py",
+    "tests/pipelines/test_train_transforms_alignment.py",
     "tests/pipelines/test_brats.py",
     "tests/pipelines/test_luna16.py",
     "tests/pipelines/test_sr_data.py",
@@ -212,6 +213,15 @@ MUTATIONS: tuple[Mutation, ...] = (
       PRESET_TESTS),
     M("brats-wt-without-edema", "pipelines/transforms/brats.py", "wt = tc | (x == conv.ed)", "wt = tc",
       PRESET_TESTS),
+    M("ct-flip-image-only", "pipelines/transforms/ct.py", "RandFlipd(keys, prob=0.5, spatial_axis=1),",
+      'RandFlipd("image", prob=0.5, spatial_axis=1),', PRESET_TESTS),
+    M("ct-rotate-image-only", "pipelines/transforms/ct.py",
+      "RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1)),",
+      'RandRotate90d("image", prob=0.5, max_k=3, spatial_axes=(0, 1)),', PRESET_TESTS),
+    M("isic-rotate-image-only", "pipelines/transforms/isic.py", "RandRotate90d(keys, prob=0.5, max_k=3),",
+      'RandRotate90d("image", prob=0.5, max_k=3),', PRESET_TESTS),
+    M("brats-flip-image-only", "pipelines/transforms/brats.py", "RandFlipd(keys, prob=0.5, spatial_axis=2),",
+      'RandFlipd("image", prob=0.5, spatial_axis=2),', PRESET_TESTS),
     M("degrade-area-to-max", "pipelines/transforms/degradation.py",
       "pool = F.avg_pool2d if spatial_dims == 2 else F.avg_pool3d",
       "pool = F.max_pool2d if spatial_dims == 2 else F.max_pool3d", PRESET_TESTS),
