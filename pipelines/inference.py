@@ -34,7 +34,7 @@ from monai.bundle import ConfigParser
 
 from pipelines.data.volumes import list_volumes, volume_name
 from pipelines.io import SELECTED_SERIES, dicom_series, ensure_writable, read_image_information
-from pipelines.io.readers import read_voxels
+from pipelines.io.readers import SUFFIXES, read_voxels
 
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
 
@@ -256,7 +256,7 @@ class BundleInferer:
             try:
                 info = read_image_information(path)
             except ValueError:
-                if path.name.lower().endswith(_SITK_SUFFIXES) or not path.exists():
+                if path.name.lower().endswith(SUFFIXES) or not path.exists():
                     raise
                 return  # a PNG or JPEG SimpleITK cannot read: the bundle's own reader decides, and says why
             if self._spatial_dims is not None and info.GetDimension() != self._spatial_dims:
@@ -491,7 +491,6 @@ def _one_line(error: BaseException) -> str:
 
 
 _STAGING_PREFIX = ".infer-partial-"
-_SITK_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm")
 
 
 def _remove_dead_staging(output_dir: Path) -> None:
