@@ -184,6 +184,13 @@ class BundleInferer:
         # every saver writes into this private folder; a finished prediction is moved out under its unique name, so a
         # killed run leaves no file that looks like a result, and two inputs of one name cannot overwrite each other
         self.staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=self.output_dir))
+        try:
+            self._setup(config, overrides, weights, precision, tta, channels_last)
+        except BaseException:
+            self.close()  # a bundle that does not build leaves nothing behind
+            raise
+
+    def _setup(self, config: Path, overrides, weights, precision: str, tta: bool, channels_last: bool | None) -> None:
         self.parser = ConfigParser()
         try:
             self.parser.read_config(str(config))
