@@ -373,16 +373,18 @@ def _looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def _slice_problem(path: str) -> str | None:
-    """Is this slice's header readable and its pixel data complete (uncompressed syntaxes)?"""
+def _read_slice(path: str) -> tuple[str | None, float | None]:
+    """One read of a slice's header: ``(problem, position along the slice normal in mm)``. The problem says when the
+    header is unreadable or the pixel data incomplete (uncompressed syntaxes); the position is ``None`` when the
+    header lacks the geometry."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(path, defer_size="1 KB")
     except Exception as e:  # noqa: BLE001 - pydicom raises many types for a damaged file
-        return f"unreadable DICOM slice ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return f"unreadable DICOM slice ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", None
     if "PixelData" not in ds:
-        return "DICOM slice without pixel data"
+        return "DICOM slice without pixel data", None
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None or not syntax.is_compressed:
         try:
@@ -390,33 +392,21 @@ def _slice_problem(path: str) -> str | None:
                 * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8
             have = ds["PixelData"].length if ds["PixelData"].is_undefined_length is False else needed
         except (AttributeError, KeyError, TypeError, ValueError):
-            return None
+            have = needed = 0
         if have < needed:
-            return f"DICOM slice with truncated pixel data ({have} of {needed} bytes)"
-    return None
+            return f"DICOM slice with truncated pixel data ({have} of {needed} bytes)", None
+    try:
+        orientation = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+        position = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
+    except AttributeError:
+        return None, None
+    return None, float(position @ np.cross(orientation[:3], orientation[3:]))
 
 
-def _positions(files: Sequence[str]) -> np.ndarray | None:
-    """Each slice's position along the slice normal (mm), or ``None`` when the headers lack the geometry."""
-    import pydicom
-
-    out = []
-    for name in files:
-        ds = pydicom.dcmread(name, stop_before_pixels=True)
-        try:
-            orientation = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
-            position = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
-        except AttributeError:
-            return None
-        normal = np.cross(orientation[:3], orientation[3:])
-        out.append(float(position @ normal))
-    return np.asarray(out)
-
-
-def _spacing_problem(files: Sequence[str], tolerance: float) -> str | None:
-    positions = _positions(files)
-    if positions is None or len(positions) < 3:
+def _spacing_problem(files: Sequence[str], positions: Sequence[float | None], tolerance: float) -> str | None:
+    if any(p is None for p in positions) or len(positions) < 3:
         return None
+    positions = np.asarray(positions, dtype=np.float64)
     order = np.argsort(positions)
     gaps = np.diff(positions[order])
     step = float(np.median(gaps))
@@ -469,15 +459,17 @@ def _dicom_series(folder: Path, series_uid: str, spacing_tolerance: float) -> li
     strays = sorted(p for p in folder.iterdir()
                     if p.is_file() and str(p.resolve()) not in in_series and _looks_like_dicom(p))
     if strays:
-        raise ValueError(f"{strays[0]}: {_slice_problem(str(strays[0])) or 'DICOM file in no readable series'}; "
+        raise ValueError(f"{strays[0]}: {_read_slice(str(strays[0]))[0] or 'DICOM file in no readable series'}; "
                          f"the series of {folder.name} would be read without it")
     chosen = [s for s in all_series if not series_uid or s.uid == series_uid]
     for series in chosen:
+        positions = []
         for name in series.files:
-            problem = _slice_problem(name)
+            problem, position = _read_slice(name)
             if problem:
                 raise ValueError(f"{name}: {problem}")
-        problem = _spacing_problem(series.files, spacing_tolerance)
+            positions.append(position)
+        problem = _spacing_problem(series.files, positions, spacing_tolerance)
         if problem:
             raise ValueError(f"{folder}: series {series.uid}: {problem}")
     return chosen

@@ -23,9 +23,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.bundle import ConfigWorkflow
 
-from tests.conftest import REPO
+from tests.conftest import REPO, evaluate_bundle, train_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -44,27 +43,8 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _train(bundle: Path, dataset_dir: Path) -> None:
-    """``train.json`` as shipped (its ``initialize`` sets ``set_determinism(seed=0)``), in process."""
-    configs = bundle / "configs"
-    workflow = ConfigWorkflow(config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
-                              logging_file=str(configs / "logging.conf"), workflow_type="train",
-                              bundle_root=str(bundle), dataset_dir=str(dataset_dir))
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
 
 
-def _evaluate(bundle: Path, dataset_dir: Path, output_dir: Path, **overrides) -> Path:
-    """The bundle's own evaluation, ``[train.json, evaluate.json]``, of ``models/model.pt`` on ``dataset_dir``."""
-    configs = bundle / "configs"
-    workflow = ConfigWorkflow(config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
-                              workflow_type="train", bundle_root=str(bundle), dataset_dir=str(dataset_dir),
-                              output_dir=str(output_dir), **overrides)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return output_dir
 
 
 # -------------------------------------------------------------------------------------------------------- HEMF
@@ -113,8 +93,8 @@ def test_hemf_macro_f1_on_held_out_images_is_far_above_chance(hemf_data, tmp_pat
 
     train_dir, heldout_dir = hemf_data
     bundle = derive_bundle(HEMF_BUNDLE, tmp_path / "bundle", HEMF_OVERRIDES, HEMF_TRAIN_OVERRIDES)
-    _train(bundle, train_dir)
-    out = _evaluate(bundle, heldout_dir, tmp_path / "heldout_eval", split_fractions=[0.0, 0.0, 1.0])
+    train_bundle(bundle, train_dir, check_properties=False)
+    out = evaluate_bundle(bundle, heldout_dir, tmp_path / "heldout_eval", split_fractions=[0.0, 0.0, 1.0])
 
     summary = json.loads((out / "classification_summary.json").read_text())
     with open(out / "probabilities.csv", newline="") as f:
@@ -216,10 +196,10 @@ def test_super_resolution_beats_interpolation_on_every_held_out_case(task, tmp_p
     _write_sr_data(task, tmp_path / "train", spec["train_data"], TRAIN_SEED)
     n_heldout = _write_sr_data(task, tmp_path / "heldout", spec["heldout_data"], HELDOUT_SEED)
     bundle = derive_bundle(spec["bundle"], tmp_path / "bundle", spec["overrides"], spec["train_overrides"])
-    _train(bundle, tmp_path / "train")
+    train_bundle(bundle, tmp_path / "train", check_properties=False)
     state = torch.load(bundle / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["trainer"]
     assert state["phase"] == "psnr"  # no GAN epoch was run
-    out = _evaluate(bundle, tmp_path / "heldout", tmp_path / "heldout_eval", eval_all=True)
+    out = evaluate_bundle(bundle, tmp_path / "heldout", tmp_path / "heldout_eval", eval_all=True)
 
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))

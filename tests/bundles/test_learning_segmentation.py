@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, evaluate_bundle, train_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -30,28 +29,8 @@ BRATS_BUNDLE = REPO / "bundles" / "brats_mri_frcunet_segmentation"
 ISIC_BUNDLE = REPO / "bundles" / "isic_skin_frcunet_segmentation"
 
 
-def _train(bundle: Path, dataset_dir: Path) -> None:
-    """``train.json`` of ``bundle`` on ``dataset_dir``: initialize, run, finalize, as ``monai.bundle run`` does."""
-    configs = bundle / "configs"
-    workflow = ConfigWorkflow(config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
-                              logging_file=str(configs / "logging.conf"), workflow_type="train",
-                              bundle_root=str(bundle), dataset_dir=str(dataset_dir))
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
 
 
-def _evaluate(bundle: Path, dataset_dir: Path, output_dir: Path) -> Path:
-    """The bundle's own evaluation (``[train.json, evaluate.json]``, every case of ``dataset_dir``) of the
-    best-validation ``models/model.pt``; returns ``output_dir``."""
-    configs = bundle / "configs"
-    workflow = ConfigWorkflow(config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
-                              workflow_type="train", bundle_root=str(bundle), dataset_dir=str(dataset_dir),
-                              output_dir=str(output_dir), eval_all=True)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return output_dir
 
 
 @pytest.fixture(autouse=True)
@@ -104,8 +83,8 @@ def test_lung_edu_learns_nodules_on_heldout_scans(luna16_learning_data, tmp_path
     train_data, heldout = luna16_learning_data
     work = tmp_path_factory.mktemp("lung_learning_run")
     bundle = derive_bundle(LUNG_BUNDLE, work / "bundle", LUNG_OVERRIDES, LUNG_TRAIN)
-    _train(bundle, train_data)
-    out = _evaluate(bundle, heldout, work / "heldout_eval")
+    train_bundle(bundle, train_data, check_properties=False)
+    out = evaluate_bundle(bundle, heldout, work / "heldout_eval", eval_all=True)
 
     metrics = dict(row for row in csv.reader((out / "metrics.csv").open()) if row)
     per_scan = [float(row["mean"]) for row in csv.DictReader((out / "val_mean_dice_raw.csv").open())]
@@ -167,8 +146,8 @@ def test_brats_frcunet_learns_every_region_on_heldout_cases(brats_learning_data,
     train_data, heldout = brats_learning_data
     work = tmp_path_factory.mktemp("brats_learning_run")
     bundle = derive_bundle(BRATS_BUNDLE, work / "bundle", BRATS_OVERRIDES, BRATS_TRAIN)
-    _train(bundle, train_data)
-    out = _evaluate(bundle, heldout, work / "heldout_eval")
+    train_bundle(bundle, train_data, check_properties=False)
+    out = evaluate_bundle(bundle, heldout, work / "heldout_eval", eval_all=True)
 
     summary = json.loads((out / "summary.json").read_text())
     rows = list(csv.DictReader((out / "metrics.csv").open()))
@@ -231,8 +210,8 @@ def test_isic_frcunet_learns_lesions_on_heldout_images(isic_learning_data, tmp_p
     train_data, heldout = isic_learning_data
     work = tmp_path_factory.mktemp("isic_learning_run")
     bundle = derive_bundle(ISIC_BUNDLE, work / "bundle", ISIC_OVERRIDES, ISIC_TRAIN)
-    _train(bundle, train_data)
-    out = _evaluate(bundle, heldout, work / "heldout_eval")
+    train_bundle(bundle, train_data, check_properties=False)
+    out = evaluate_bundle(bundle, heldout, work / "heldout_eval", eval_all=True)
 
     summary = json.loads((out / "summary.json").read_text())
     rows = [r for r in csv.DictReader((out / "metrics.csv").open()) if r["class"] == "lesion"]

@@ -28,8 +28,6 @@ from networks.esrgan import (
 )
 
 
-
-
 DIMS = pytest.mark.parametrize("spatial_dims", [2, 3])
 SHAPES = {2: (6, 5), 3: (4, 5, 3)}  # tiny spatial shapes per dimension
 

@@ -24,8 +24,6 @@ SCIPY_MODE = {"zeros": "constant", "reflect": "mirror", "replicate": "nearest"}
 SHAPES = {2: {"kernel": (3, 5), "image": (7, 9)}, 3: {"kernel": (3, 1, 5), "image": (5, 6, 7)}}
 
 
-
-
 def np_filter(x: np.ndarray, kernel: np.ndarray, mode: str) -> np.ndarray:
     """Correlate every (batch, channel) map of ``x`` with ``kernel``, padded by scipy's twin of a torch mode."""
     out = np.empty_like(x)

@@ -19,8 +19,6 @@ from tests.networks.reference import np_gaussian
 SCIPY_MODE = {"zeros": "constant", "reflect": "mirror", "replicate": "nearest"}
 
 
-
-
 def corr(x: np.ndarray, kernel: np.ndarray, mode: str = "zeros") -> np.ndarray:
     out = np.empty_like(x)
     for idx in np.ndindex(*x.shape[:2]):

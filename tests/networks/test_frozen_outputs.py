@@ -35,8 +35,6 @@ from tests.regenerate_frozen import (
 RTOL_OF_MAX = 1e-5
 
 
-
-
 def _frozen(case):
     path = frozen_path(case)
     assert path.exists(), f"{case.name}: no frozen file {path}; {REGENERATE_HINT}"

@@ -25,8 +25,6 @@ SHAPE_CASES = [
 ]
 
 
-
-
 def _count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

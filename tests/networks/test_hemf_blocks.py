@@ -35,8 +35,6 @@ from networks.hemf import (
 DIMS = pytest.mark.parametrize("spatial_dims", [2, 3])
 
 
-
-
 # ---------------------------------------------------------------------------------------------------- NumPy references
 
 

@@ -47,8 +47,6 @@ CASES = [
 ]
 
 
-
-
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -31,8 +31,6 @@ from networks.unet_family import (
 DIMS = pytest.mark.parametrize("spatial_dims", [2, 3])
 
 
-
-
 # ---------------------------------------------------------------------------------------------------- NumPy references
 
 
