@@ -2,6 +2,7 @@
 
 Commands:
     synth luna16|brats|isic-seg|isic-cls|image-folder|ultrasound   write a synthetic data set in that real layout
+    preprocess     fill a bundle's disk cache (the deterministic preprocessing of every case), in parallel
     infer          run a bundle on NIfTI / MetaImage / NRRD files, DICOM series folders, images
     export         write a trained bundle as one self-contained zip
     verify         check a bundle folder or zip offline (exit 1 and one line per problem)
@@ -19,12 +20,19 @@ __all__ = ["main"]
 
 
 def _synth(args: argparse.Namespace) -> int:
+    if args.size == "full" and args.layout not in ("luna16", "brats"):
+        print(f"error: synth {args.layout}: --size full applies to luna16 and brats only", file=sys.stderr)
+        return 2
     if args.layout == "luna16":
         from pipelines.synth.luna16 import write_luna16
 
+        if args.size == "full" and (args.fov_mm is not None or args.length_mm is not None):
+            print("error: synth luna16: --fov-mm and --length-mm apply to --size small only; --size full draws "
+                  "them per scan from LUNA16's ranges (512 x 512, 120-400 slices)", file=sys.stderr)
+            return 2
         scans = write_luna16(
             args.out, cases=args.cases, seed=args.seed, fov_mm=args.fov_mm, length_mm=args.length_mm,
-            subsets=args.subsets,
+            subsets=args.subsets, size=args.size,
         )
         nodules = sum(len(s.nodules) for s in scans)
         print(f"synth luna16: wrote {len(scans)} scans with {nodules} nodules to {args.out}")
@@ -32,7 +40,7 @@ def _synth(args: argparse.Namespace) -> int:
     if args.layout == "brats":
         from pipelines.synth.brats import write_brats
 
-        cases = write_brats(args.out, cases=args.cases, naming=args.naming, seed=args.seed)
+        cases = write_brats(args.out, cases=args.cases, naming=args.naming, seed=args.seed, size=args.size)
         print(f"synth brats: wrote {len(cases)} cases ({args.naming} naming) to {args.out}")
         return 0
     if args.layout == "isic-seg":
@@ -78,8 +86,11 @@ def _parse_override(text: str) -> tuple[str, object]:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from pipelines.inference import infer_volumes
+    import time
 
+    from pipelines.inference import infer_volumes, torchrun_env, write_summary
+
+    start = time.time()
     overrides = dict(args.set or [])
     if args.device:
         overrides["device"] = f"$torch.device({args.device!r})"
@@ -89,16 +100,97 @@ def _infer(args: argparse.Namespace) -> int:
         overrides["overlap"] = args.overlap
     if args.sw_batch_size is not None:
         overrides["sw_batch_size"] = args.sw_batch_size
+    options = {"weights": args.weights, "precision": args.precision, "tta": args.tta, "series": args.series or "",
+               "channels_last": {"auto": None, "on": True, "off": False}[args.channels_last]}
     try:
-        results = infer_volumes(args.bundle, args.inputs, args.output, weights=args.weights, overrides=overrides,
-                                precision=args.precision, tta=args.tta, series=args.series or "",
-                                channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
+        env = torchrun_env()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if env is not None:
+        return _infer_torchrun(args, overrides, options, env, start)
+    try:
+        results = infer_volumes(args.bundle, args.inputs, args.output, overrides=overrides, **options)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    write_summary(args.output, results, wall_seconds=time.time() - start)
     failed = [r for r in results if not r.ok]
     ok = len(results) - len(failed)
     print(f"infer: {ok} written, {len(failed)} failed, output in {args.output}")
+    return 1 if failed else 0
+
+
+def _infer_torchrun(args: argparse.Namespace, overrides: dict, options: dict, env, start: float) -> int:
+    """``torchrun ... -m pipelines infer``: this rank's share of the inputs, then every rank's results gathered on
+    every rank (one exit code everywhere: 1 when an input failed on any rank, 2 when a rank could not run), the
+    merged summary written and the totals printed by rank 0."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    from pipelines.inference import infer_volumes, torchrun_device
+
+    try:
+        device, backend = torchrun_device(env, bool(args.device) or "device" in overrides, torch.cuda.device_count())
+    except ValueError as e:  # the same on every rank of this machine: they all stop, one says why
+        if env.local_rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    if device is not None:
+        overrides["device"] = f"$torch.device({device!r})"
+    if backend == "nccl":
+        torch.cuda.set_device(device)  # all_gather_object stages its bytes on the current CUDA device
+    try:
+        # a rank done with its share waits in the final gather for the slowest one; torchrun stops every rank when
+        # one dies, so a long timeout does not keep a failed run alive
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=24))
+    except (RuntimeError, ValueError) as e:
+        print(f"error: rank {env.rank}: cannot join the torchrun process group ({str(e).strip()[:300]})",
+              file=sys.stderr)
+        return 2
+    try:
+        fatal = None
+        try:
+            results = infer_volumes(args.bundle, args.inputs, args.output, overrides=overrides, rank=env.rank,
+                                    world_size=env.world_size,
+                                    echo=lambda line: print(f"[rank {env.rank}] {line}", flush=True), **options)
+        except (FileNotFoundError, ValueError) as e:  # a bad bundle or output folder: every rank meets it
+            results, fatal = [], str(e)
+        gathered: list = [None] * env.world_size
+        dist.all_gather_object(gathered, (results, fatal))
+        code = _report_torchrun(gathered, args.output, env, start)
+        # torchrun stops every other rank as soon as one exits non-zero: none exits before rank 0 wrote the summary
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return code
+
+
+def _report_torchrun(gathered: list, output: str, env, start: float) -> int:
+    """The exit code of every rank from every rank's ``(results, fatal error)``; rank 0 prints the errors that
+    stopped ranks, or writes the merged summary and prints the totals."""
+    import time
+
+    from pipelines.inference import merge_results, write_summary
+
+    fatal_ranks: dict[str, list[int]] = {}
+    for rank, (_, message) in enumerate(gathered):
+        if message:
+            fatal_ranks.setdefault(message, []).append(rank)
+    if fatal_ranks:
+        if env.rank == 0:
+            for message, ranks in fatal_ranks.items():
+                where = "" if len(ranks) == env.world_size else f" (rank {', '.join(map(str, ranks))})"
+                print(f"error: {message}{where}", file=sys.stderr, flush=True)
+        return 2
+    merged = merge_results(part for part, _ in gathered)
+    failed = [r for r in merged if not r.ok]
+    if env.rank == 0:
+        write_summary(output, merged, world_size=env.world_size, wall_seconds=time.time() - start)
+        print(f"infer: {len(merged) - len(failed)} written, {len(failed)} failed, output in {output} "
+              f"({env.world_size} ranks)", flush=True)
     return 1 if failed else 0
 
 
@@ -125,13 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    synth = sub.add_parser("synth", help="write a small synthetic data set in a real data set's layout")
+    synth = sub.add_parser("synth", help="write a synthetic data set in a real data set's layout (small, or luna16 "
+                           "and brats at full size)")
     synth.add_argument("layout", choices=["luna16", "brats", "isic-seg", "isic-cls", "image-folder", "ultrasound"], help="which data set layout to write")
     synth.add_argument("--out", required=True, help="folder to write the data set into")
     synth.add_argument("--cases", type=int, default=6, help="number of scans (default 6)")
     synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data")
-    synth.add_argument("--fov-mm", type=float, default=100.0, help="in-plane field of view in mm (default 100)")
-    synth.add_argument("--length-mm", type=float, default=80.0, help="scan length along z in mm (default 80)")
+    synth.add_argument("--size", choices=["small", "full"], default="small",
+                       help="luna16, brats: small scans (default, seconds on a CPU) or the real data set's size: "
+                       "luna16 512 x 512 x 120-400 voxels, brats 240 x 240 x 155 (a few seconds a case)")
+    synth.add_argument("--fov-mm", type=float, default=None,
+                       help="luna16 --size small: in-plane field of view in mm (default 100)")
+    synth.add_argument("--length-mm", type=float, default=None,
+                       help="luna16 --size small: scan length along z in mm (default 80)")
     synth.add_argument("--subsets", type=int, default=2, help="luna16: number of subset* folders (default 2)")
     synth.add_argument("--naming", choices=["2021", "2023"], default="2021",
                        help="brats: 2018-2021 (<case>_t1ce.nii.gz, ET=4) or 2023 (<case>-t1c.nii.gz, ET=3) naming")
@@ -149,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer = sub.add_parser(
         "infer", help="segment volumes with a trained bundle",
         description="Run a bundle's inference on volumes; each output overlays its input (same shape, spacing, "
-                    "origin, direction). Exit code 0 when all inputs succeeded, 1 when any failed, 2 on a bad bundle.",
+                    "origin, direction), and OUTPUT/inference_summary.json records every input. Under torchrun each "
+                    "rank runs a share of the inputs. Exit code 0 when all inputs succeeded, 1 when any failed, 2 on "
+                    "a bad bundle.",
     )
     infer.add_argument("bundle", help="bundle folder (with configs/inference.json and models/model.pt)")
     infer.add_argument("inputs", nargs="+", help="NIfTI, MetaImage or NRRD files, DICOM series folders, or folders of them "
@@ -185,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify_arguments(verify)
     verify.set_defaults(func=run_verify)
+
+    preprocess = sub.add_parser("preprocess", help="preprocess every case of a bundle's data set into its disk cache",
+                                description="Exit code 0 when every case is cached, 2 on an error.")
+    from pipelines.preprocess import add_arguments as add_preprocess_arguments
+    from pipelines.preprocess import run_from_args as run_preprocess
+
+    add_preprocess_arguments(preprocess)
+    preprocess.set_defaults(func=run_preprocess)
 
     bench = sub.add_parser("bench", help="speed and memory of every network against MONAI's, in the same run "
                            "(from the repository; 'bench --help' lists its options)", add_help=False)

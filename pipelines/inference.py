@@ -11,6 +11,11 @@ exits 1): unreadable or truncated files, a 4D file (or 2D) where the network is 
 channel count (RGB for a grey network, grey for an RGB one, from the header), and NaN or Inf intensities (an error,
 not a warning: they propagate through the network and silently give an empty or meaningless mask). An output
 folder that cannot be written is one error before any input is read (``ValueError``; the CLI exits 2).
+
+Under ``torchrun`` every rank lists the inputs, removes repeats and names the outputs identically, then runs its own
+share of that final list (:func:`shard`: volume ``i`` on rank ``i % world_size``), so an output's name never depends
+on the rank; :func:`merge_results` puts the ranks' results back in the list's order and :func:`write_summary` writes
+``<output>/inference_summary.json`` (one record per input, and totals) for sharded and single-process runs alike.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,14 +40,21 @@ import torch
 from monai.bundle import ConfigParser
 
 from pipelines.data.volumes import list_volumes, volume_name
-from pipelines.io import SELECTED_SERIES, dicom_series, ensure_writable, read_image_information
+from pipelines.io import SELECTED_SERIES, dicom_series, ensure_writable, read_image_information, write_json_atomic
 from pipelines.io.readers import SUFFIXES, read_voxels
 
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
 
 __all__ = [
-    "InferenceResult", "BundleInferer", "ChannelsLast", "MirrorTTA", "error_message", "infer_volumes", "load_weights",
+    "InferenceResult", "BundleInferer", "ChannelsLast", "MirrorTTA", "SUMMARY_NAME", "TorchrunEnv", "error_message",
+    "infer_volumes", "inference_summary", "load_weights", "merge_results", "shard", "torchrun_device", "torchrun_env",
+    "write_summary",
 ]
+
+#: the run's record in its output folder: one entry per input, and totals (:func:`write_summary`)
+SUMMARY_NAME = "inference_summary.json"
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +69,11 @@ class InferenceResult:
     error: str | None = None
     #: of ``seconds``, the time spent in the sliding-window inferer (network and stitching)
     inferer_seconds: float | None = None
+    #: the ``torchrun`` rank that ran it (0 in a single process)
+    rank: int = 0
+    #: its position in the run's final list of volumes; ``None`` for an input that failed before it became one
+    #: (it could not be listed, or held no such DICOM series)
+    index: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -183,7 +202,8 @@ class BundleInferer:
         _remove_dead_staging(self.output_dir)
         # every saver writes into this private folder; a finished prediction is moved out under its unique name, so a
         # killed run leaves no file that looks like a result, and two inputs of one name cannot overwrite each other
-        self.staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=self.output_dir))
+        self.staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-{_host()}-",
+                                             dir=self.output_dir))
         try:
             self._setup(config, overrides, weights, precision, tta, channels_last)
         except BaseException:
@@ -390,6 +410,8 @@ def infer_volumes(
     tta: bool = False,
     channels_last: bool | None = None,
     series: str = "",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[InferenceResult]:
     """Run a bundle on every volume in ``inputs`` (files, DICOM folders, or folders of volumes).
 
@@ -402,7 +424,16 @@ def infer_volumes(
     :func:`~pipelines.data.volumes.list_volumes`; an input that cannot be expanded or
     read becomes a failed result with its error, and the others still run. ``echo`` receives one progress line per
     volume.
+
+    ``rank`` and ``world_size`` (a ``torchrun`` run) keep this process's share of the final list of volumes,
+    :func:`shard`; the inputs that fail while being listed, and their messages and the repeat warnings, are rank 0's,
+    so that the ranks' results together hold every input once (:func:`merge_results`). A summary of an earlier run
+    in ``output_dir`` (:data:`SUMMARY_NAME`) is removed by rank 0 before the first volume runs, so that a run killed
+    midway leaves none that describes other files; :func:`write_summary` writes the new one.
     """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of world size {world_size}: need 0 <= rank < world size")
+    main_rank = rank == 0
     engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides, precision=precision, tta=tta,
                            channels_last=channels_last)
     try:
@@ -412,29 +443,130 @@ def infer_volumes(
             try:
                 found = engine.list_inputs(item)
             except ValueError as e:
-                results.append(InferenceResult(str(item), None, 0.0, str(e)))
-                echo(f"error: {e}")
+                if main_rank:
+                    results.append(InferenceResult(str(item), None, 0.0, str(e)))
+                    echo(f"error: {e}")
                 continue
             if series:
                 found = [v for v in found if v.get("series_uid", series) == series]
-                if not found:
+                if not found and main_rank:
                     results.append(InferenceResult(str(item), None, 0.0, f"{item}: no DICOM series {series}"))
                     echo(f"error: {item}: no DICOM series {series}")
             volumes.extend(found)
         volumes, duplicates = unique_inputs(volumes)
-        for dup in duplicates:
-            echo(f"warning: {dup} is given more than once; it is run once")
+        if main_rank:
+            for dup in duplicates:
+                echo(f"warning: {dup} is given more than once; it is run once")
         stems = output_stems(volumes)  # ValueError before anything is written when names cannot be made unique
-        for i, (volume, stem) in enumerate(zip(volumes, stems), start=1):
+        if main_rank:
+            (engine.output_dir / SUMMARY_NAME).unlink(missing_ok=True)
+        for i, (volume, stem) in shard(list(zip(volumes, stems)), rank, world_size):
             result = engine(volume, stem)
+            result.rank, result.index = rank, i
             results.append(result)
             if result.ok:
-                echo(f"[{i}/{len(volumes)}] {result.input} -> {result.output} ({result.seconds:.1f} s)")
+                echo(f"[{i + 1}/{len(volumes)}] {result.input} -> {result.output} ({result.seconds:.1f} s)")
             else:
-                echo(f"[{i}/{len(volumes)}] error: {result.error}")
+                echo(f"[{i + 1}/{len(volumes)}] error: {result.error}")
         return results
     finally:
         engine.close()
+
+
+def shard(items: Sequence[T], rank: int, world_size: int) -> list[tuple[int, T]]:
+    """This rank's share of ``items`` with their indices: item ``i`` goes to rank ``i % world_size`` (round robin,
+    so shares differ by one item at most and neighbouring inputs, often of similar size, land on different ranks).
+
+    Not torch's ``DistributedSampler``: it pads the list to a multiple of the world size by repeating items, which
+    here would run (and write) an input twice. MONAI's ``partition_dataset(num_partitions=..., even_divisible=False)``
+    gives these shares but refuses fewer items than ranks, which is a valid run here (the extra ranks idle)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of world size {world_size}: need 0 <= rank < world size")
+    return [(i, item) for i, item in enumerate(items) if i % world_size == rank]
+
+
+def merge_results(per_rank: Iterable[Iterable[InferenceResult]]) -> list[InferenceResult]:
+    """The results of every rank in one list, in the order of a single-process run: first the inputs that failed
+    before they became volumes (as listed), then the volumes by their :attr:`InferenceResult.index`."""
+    merged = [r for results in per_rank for r in results]
+    early = [r for r in merged if r.index is None]
+    return early + sorted((r for r in merged if r.index is not None), key=lambda r: r.index)
+
+
+def inference_summary(results: Sequence[InferenceResult], *, world_size: int = 1,
+                      wall_seconds: float | None = None) -> dict[str, Any]:
+    """The content of :data:`SUMMARY_NAME`: ``totals`` and one record per input (``input``, ``output``, ``seconds``,
+    ``inferer_seconds``, ``error``: ``null`` when it was written, ``rank``).
+
+    ``totals.seconds`` and ``totals.inferer_seconds`` add up the inputs' times (over every rank: the work done);
+    ``totals.wall_seconds`` is the run's elapsed time, from the start until every rank was done."""
+    records = [{"input": r.input, "output": r.output, "seconds": round(r.seconds, 3),
+                "inferer_seconds": None if r.inferer_seconds is None else round(r.inferer_seconds, 3),
+                "error": r.error, "rank": r.rank} for r in results]
+    failed = sum(1 for r in results if not r.ok)
+    totals = {"inputs": len(results), "written": len(results) - failed, "failed": failed, "ranks": world_size,
+              "seconds": round(sum(r.seconds for r in results), 3),
+              "inferer_seconds": round(sum(r.inferer_seconds or 0.0 for r in results), 3),
+              "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3)}
+    return {"totals": totals, "inputs": records}
+
+
+def write_summary(output_dir: str | Path, results: Sequence[InferenceResult], *, world_size: int = 1,
+                  wall_seconds: float | None = None) -> Path:
+    """Write :func:`inference_summary` to ``output_dir/inference_summary.json`` atomically (a temporary name, then
+    ``os.replace``: an earlier run's summary is replaced whole, never half-written). Returns its path."""
+    return write_json_atomic(Path(output_dir) / SUMMARY_NAME,
+                             inference_summary(results, world_size=world_size, wall_seconds=wall_seconds))
+
+
+@dataclass(frozen=True)
+class TorchrunEnv:
+    """Where this process stands in a ``torchrun`` launch (its environment variables)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+
+def torchrun_env(environ: dict[str, str] | None = None) -> TorchrunEnv | None:
+    """The ``torchrun`` variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``) when this process
+    was started by it, else ``None``. ``ValueError`` naming the variable when one is not a number or out of range."""
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env or "RANK" not in env:
+        return None
+    values = {}
+    for name, default in (("RANK", None), ("WORLD_SIZE", None), ("LOCAL_RANK", "RANK"),
+                          ("LOCAL_WORLD_SIZE", "WORLD_SIZE")):
+        text = env.get(name, env[default] if default else "")
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={text!r}: not an integer (is this a torchrun launch?)") \
+                from None
+    if values["WORLD_SIZE"] < 1 or not 0 <= values["RANK"] < values["WORLD_SIZE"]:
+        raise ValueError(f"environment variables RANK={values['RANK']} WORLD_SIZE={values['WORLD_SIZE']}: "
+                         "need 0 <= RANK < WORLD_SIZE")
+    return TorchrunEnv(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"], values["LOCAL_WORLD_SIZE"])
+
+
+def torchrun_device(env: TorchrunEnv, requested: bool, cuda_devices: int) -> tuple[str | None, str]:
+    """The device of one ``torchrun`` rank and the process group's backend: ``(device or None, backend)``.
+
+    ``requested``: the user chose the device (``--device``, ``--set device=...``); every rank then uses it, with
+    gloo, since ranks may share one GPU that way and NCCL refuses two ranks on one device (the ranks only exchange
+    their results at the end, so the backend is no matter of speed). Otherwise, with CUDA, rank ``LOCAL_RANK`` takes
+    ``cuda:LOCAL_RANK`` and the group uses NCCL (``ValueError`` when the node has fewer GPUs than ranks); without
+    CUDA, the bundle's own device (``None``: the CPU) and gloo."""
+    if requested:
+        return None, "gloo"
+    if cuda_devices <= 0:
+        return None, "gloo"
+    if env.local_world_size > cuda_devices:
+        raise ValueError(f"torchrun starts {env.local_world_size} processes on this machine but it has "
+                         f"{cuda_devices} CUDA device(s): use --nproc_per_node {cuda_devices}, or --device cuda:0 "
+                         "to share one GPU between the processes")
+    return f"cuda:{env.local_rank}", "nccl"
 
 
 def _input_key(item: dict) -> tuple:
@@ -500,12 +632,23 @@ def _one_line(error: BaseException) -> str:
 _STAGING_PREFIX = ".infer-partial-"
 
 
+def _host() -> str:
+    """This machine's name as it goes into a staging folder's name (letters, digits, dots and hyphens)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname()) or "host"
+
+
 def _remove_dead_staging(output_dir: Path) -> None:
-    """Remove staging folders that runs which no longer exist left behind (killed in the middle of an input)."""
+    """Remove staging folders that runs which no longer exist left behind (killed in the middle of an input).
+
+    A folder is named ``<prefix><pid>-<host>-<random>``: only this host's are checked, since a pid says nothing
+    about a process on another machine (the ranks of a multi-node ``torchrun`` may share one output folder). A
+    folder of the older ``<prefix><pid>-<random>`` form counts as this host's."""
     for folder in output_dir.glob(f"{_STAGING_PREFIX}*"):
+        parts = folder.name[len(_STAGING_PREFIX):].split("-")
+        if len(parts) > 2 and "-".join(parts[1:-1]) != _host():
+            continue
         try:
-            pid = int(folder.name[len(_STAGING_PREFIX):].split("-")[0])
-            os.kill(pid, 0)
+            os.kill(int(parts[0]), 0)
         except ProcessLookupError:
             shutil.rmtree(folder, ignore_errors=True)
         except (ValueError, PermissionError, OSError):

@@ -343,7 +343,7 @@ def test_2d_inference_cli_odd_size_and_bad_inputs(trained, tmp_path):
         assert img.size == (37 * 4, 29 * 4) and img.mode == "L"
     with Image.open(out / "small_sr.png") as img:
         assert img.size == (24 * 4, 20 * 4)
-    assert sorted(p.name for p in out.iterdir()) == ["odd_sr.png", "small_sr.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["inference_summary.json", "odd_sr.png", "small_sr.png"]
     for bad in ("colour.png", "broken.png"):
         lines = [ln for ln in log.splitlines() if bad in ln]
         assert lines, f"no message names {bad}: {log[-2000:]}"

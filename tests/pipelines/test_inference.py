@@ -69,8 +69,9 @@ def test_cli_writes_every_format_in_its_geometry_and_reports_the_bad_input(train
         else:
             source = sitk.ReadImage(str(inputs[key]))
         assert _same_geometry(source, sitk.ReadImage(str(pred_path))), key
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{volume_name(inputs[k])}_seg.nii.gz"
-                                                           for k in ("mhd", "nifti", "nrrd", "dicom"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{volume_name(inputs[k])}_seg.nii.gz"
+                                                             for k in ("mhd", "nifti", "nrrd", "dicom")),
+                                                           "inference_summary.json"])
 
 
 def test_missing_input_and_missing_weights(trained_lung_bundle, tmp_path):
