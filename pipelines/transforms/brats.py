@@ -26,6 +26,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
+    CastToTyped,
     Compose,
     CropForegroundd,
     EnsureTyped,
@@ -42,6 +43,7 @@ from monai.transforms import (
 
 from pipelines.data.brats import CONVENTIONS, BraTSConvention
 from pipelines.io import atomic_path
+from pipelines.transforms.indices import CropCentreIndicesd
 from pipelines.transforms.io import LoadVolumed, first_path
 
 __all__ = [
@@ -214,6 +216,8 @@ def brats_preprocessing(keys: Sequence[str], pixdim: Sequence[float] | None = No
         CropForegroundd(keys, source_key=image_key, margin=margin, allow_smaller=True),
         NormalizeIntensityd(image_key, nonzero=True, channel_wise=True),
     ]
+    if label_key in keys:  # regions are 0/1: uint8 in RAM and in the disk cache, float32 again per training patch
+        steps.append(CastToTyped(label_key, dtype=torch.uint8))
     return steps
 
 
@@ -224,13 +228,16 @@ def brats_train_transforms(patch_size: Sequence[int], num_samples: int = 2, pos:
     keys = ["image", "label"]
     return Compose(brats_preprocessing(keys, pixdim) + [
         SpatialPadd(keys, spatial_size=tuple(patch_size)),
+        CropCentreIndicesd("label", image_key="image", image_threshold=0.0),
         RandCropByPosNegLabeld(keys, label_key="label", spatial_size=tuple(patch_size), pos=pos, neg=neg,
-                               num_samples=num_samples, image_key="image", image_threshold=0.0),
+                               num_samples=num_samples, fg_indices_key="label_fg_indices",
+                               bg_indices_key="label_bg_indices"),
         RandFlipd(keys, prob=0.5, spatial_axis=0),
         RandFlipd(keys, prob=0.5, spatial_axis=1),
         RandFlipd(keys, prob=0.5, spatial_axis=2),
         RandScaleIntensityd("image", factors=0.1, prob=1.0),
         RandShiftIntensityd("image", offsets=0.1, prob=1.0),
+        EnsureTyped("label", dtype=torch.float32),
     ])
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.transforms import (
+    CastToTyped,
     Compose,
     CropForegroundd,
     EnsureTyped,
@@ -24,6 +25,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from pipelines.transforms.indices import CropCentreIndicesd
 from pipelines.transforms.io import LoadVolumed
 
 __all__ = ["ct_preprocessing", "ct_train_transforms", "ct_eval_transforms", "ct_infer_transforms", "body_mask"]
@@ -43,9 +45,13 @@ def ct_preprocessing(
     image_key: str = "image",
     margin: int = 4,
 ) -> list:
-    """Load, orient to RAS, resample (``image`` bilinear, other keys nearest), window HU to [0, 1], crop to the body."""
+    """Load, orient to RAS, resample (``image`` bilinear, other keys nearest), window HU to [0, 1], crop to the body.
+
+    Label keys end as ``uint8`` (their values are 0/1 after nearest resampling): a quarter of float32's bytes in RAM
+    and in the disk cache; training casts each patch back to float32."""
     keys = list(keys)
     modes = ["bilinear" if k == image_key else "nearest" for k in keys]
+    label_keys = [k for k in keys if k != image_key]
     return [
         LoadVolumed(keys),
         EnsureTyped(keys, dtype=torch.float32, track_meta=True),
@@ -53,7 +59,7 @@ def ct_preprocessing(
         Spacingd(keys, pixdim=tuple(pixdim), mode=modes),
         ScaleIntensityRanged(image_key, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True),
         CropForegroundd(keys, source_key=image_key, select_fn=body_mask, margin=margin, allow_smaller=True),
-    ]
+    ] + ([CastToTyped(label_keys, dtype=torch.uint8)] if label_keys else [])
 
 
 def ct_train_transforms(
@@ -64,15 +70,19 @@ def ct_train_transforms(
     neg: float = 1.0,
     hu_window: Sequence[float] = (-1000.0, 400.0),
 ) -> Compose:
-    """Preprocessing, then ``num_samples`` patches per volume, positives and negatives in the ratio ``pos:neg``."""
+    """Preprocessing, then ``num_samples`` patches per volume, positives and negatives in the ratio ``pos:neg``.
+
+    Crop centres come from :class:`~pipelines.transforms.indices.CropCentreIndicesd` (nodule voxels, and body voxels
+    outside nodules), computed once with the preprocessing, so a draw reads only its patches."""
     keys = ["image", "label"]
     return Compose(
         ct_preprocessing(keys, pixdim, hu_window)
         + [
             SpatialPadd(keys, spatial_size=tuple(patch_size)),
+            CropCentreIndicesd("label", image_key="image", image_threshold=BODY_THRESHOLD),
             RandCropByPosNegLabeld(
                 keys, label_key="label", spatial_size=tuple(patch_size), pos=pos, neg=neg,
-                num_samples=num_samples, image_key="image", image_threshold=BODY_THRESHOLD,
+                num_samples=num_samples, fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices",
             ),
             RandFlipd(keys, prob=0.5, spatial_axis=0),
             RandFlipd(keys, prob=0.5, spatial_axis=1),
@@ -80,6 +90,7 @@ def ct_train_transforms(
             RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1)),
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.05, prob=0.5),
+            EnsureTyped("label", dtype=torch.float32),
         ]
     )
 

@@ -35,12 +35,16 @@ RANKS = {"finalize": [
     "$torch.save(@network.module.state_dict(), @bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
     "$torch.save({'val_iterations': @validate#evaluator.state.iteration, "
     "'metrics': dict(@validate#evaluator.state.metrics)}, @bundle_root + '/val' + str(dist.get_rank()) + '.pt')",
+    "$torch.save({'train': [str(d['image']) for d in @train#dataset.data], "
+    "'validation': [str(d['image']) for d in @validate#dataset.data]}, "
+    "@bundle_root + '/cases' + str(dist.get_rank()) + '.pt')",
     "$@summary_writer.close()",
     "$dist.is_initialized() and dist.destroy_process_group()",
 ]}
 
 
-def _torchrun(bundle: Path, dataset: Path, port: int, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _torchrun(bundle: Path, dataset: Path, port: int, tmp_path: Path, *args: str,
+              check: bool = True) -> subprocess.CompletedProcess:
     configs = bundle / "configs"
     (tmp_path / "ranks.json").write_text(json.dumps(RANKS))
     files = [str(configs / "train.json"), str(configs / "multi_gpu_train.json"), str(tmp_path / "ranks.json")]
@@ -51,7 +55,7 @@ def _torchrun(bundle: Path, dataset: Path, port: int, tmp_path: Path, *args: str
          "--bundle_root", str(bundle), "--dataset_dir", str(dataset), *args],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0 or not check, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -80,6 +84,25 @@ def _assert_rank_zero_alone_wrote(bundle: Path, proc: subprocess.CompletedProces
         assert all(torch.equal(model[k], rank0[k]) for k in rank0)
 
 
+def _assert_ranks_read_disjoint_shares(bundle: Path, dataset: Path, *args: str) -> None:
+    """Each rank's datasets held its interleaved share of the splits, and only that (what it preprocessed and read)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(bundle), "dataset_dir": str(dataset)})
+    for flag, value in zip(args[::2], args[1::2]):
+        parser[flag.lstrip("-")] = json.loads(value)
+    splits = parser.get_parsed_content("datalist")
+    shares = [torch.load(bundle / f"cases{r}.pt", weights_only=False) for r in (0, 1)]
+    for name, split in (("train", splits["training"]), ("validation", splits["validation"])):
+        cases = [str(d["image"]) for d in split]
+        if name == "train":  # padded from the start to a multiple of the ranks: both run as many iterations
+            cases += cases[: len(cases) % 2]
+        assert shares[0][name] == cases[0::2]
+        assert shares[1][name] == cases[1::2]
+
+
 def _network_def(bundle: Path) -> torch.nn.Module:
     from monai.bundle import ConfigParser
 
@@ -93,6 +116,18 @@ def test_brats_two_processes(tiny_brats_bundle, brats_tiny, tmp_path):
     bundle = _copy(tiny_brats_bundle, tmp_path / "bundle")
     proc = _torchrun(bundle, brats_tiny[0], 29541, tmp_path, "--val_fraction", "0.4", "--max_epochs", "1")
     _assert_rank_zero_alone_wrote(bundle, proc, 1, "val_mean_dice")
+    _assert_ranks_read_disjoint_shares(bundle, brats_tiny[0], "--val_fraction", "0.4")
+
+
+def test_a_validation_split_smaller_than_the_ranks_is_refused_before_any_work(tiny_brats_bundle, brats_tiny,
+                                                                               tmp_path):
+    bundle = _copy(tiny_brats_bundle, tmp_path / "bundle")
+    proc = _torchrun(bundle, brats_tiny[0], 29549, tmp_path, "--val_fraction", "0.2", "--max_epochs", "1",
+                     check=False)
+    assert proc.returncode != 0
+    assert "the validation split has 1 case(s) for 2 ranks: every rank needs at least one" in proc.stderr
+    assert not (bundle / "cache" / "preprocessed").exists()  # nothing was preprocessed
+    assert not (bundle / "models" / "checkpoint.pt").exists()
 
 
 def test_hemf_two_processes(tiny_hemf_bundle, isic_cls_tiny, tmp_path):
