@@ -102,6 +102,7 @@ def _infer(args: argparse.Namespace) -> int:
         overrides["sw_batch_size"] = args.sw_batch_size
     options = {"weights": args.weights, "precision": args.precision, "tta": args.tta, "series": args.series or "",
                "channels_last": {"auto": None, "on": True, "off": False}[args.channels_last]}
+    options.update(output_format=args.format, statistics=args.statistics, preview=args.preview)
     try:
         env = torchrun_env()
     except ValueError as e:
@@ -268,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 passes per window in 3D)")
     infer.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
                        help="override any inference.json value, e.g. --set stitch_device=cpu (repeatable)")
+    infer.add_argument("--format", choices=["dicom-seg", "nifti", "nrrd", "mha"], default=None,  # OUTPUT_FORMATS
+                       help="prediction file format (default: the bundle's own, NIfTI for the volume bundles); "
+                       "dicom-seg: a DICOM Segmentation referencing the input series (DICOM folders only)")
+    infer.add_argument("--statistics", action="store_true",
+                       help="write <name>_statistics.json per case: voxel count, volume (ml) and mean input "
+                       "intensity of each label")
+    infer.add_argument("--preview", action="store_true",
+                       help="write <name>_preview.png per case: axial, coronal and sagittal planes through the "
+                       "largest finding, with the prediction outlined")
     infer.set_defaults(func=_infer)
 
     export = sub.add_parser("export", help="write a trained bundle as one self-contained zip (runs without this repo)",

@@ -12,6 +12,10 @@ channel count (RGB for a grey network, grey for an RGB one, from the header), an
 not a warning: they propagate through the network and silently give an empty or meaningless mask). An output
 folder that cannot be written is one error before any input is read (``ValueError``; the CLI exits 2).
 
+``output_format``/``statistics``/``preview`` (``--format dicom-seg|nifti|nrrd|mha``, ``--statistics``, ``--preview``)
+turn the saver's file into a DICOM SEG or another format and add a statistics JSON and a PNG preview beside it, in the
+staging folder before the case is published (:mod:`pipelines.clinical_outputs`).
+
 Under ``torchrun`` every rank lists the inputs, removes repeats and names the outputs identically, then runs its own
 share of that final list (:func:`shard`: volume ``i`` on rank ``i % world_size``), so an output's name never depends
 on the rank; :func:`merge_results` puts the ranks' results back in the list's order and :func:`write_summary` writes
@@ -39,6 +43,7 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 
+from pipelines.clinical_outputs import ClinicalOutputs
 from pipelines.data.volumes import list_volumes, volume_name
 from pipelines.io import SELECTED_SERIES, dicom_series, ensure_writable, read_image_information, write_json_atomic
 from pipelines.io.readers import SUFFIXES, read_voxels
@@ -177,6 +182,9 @@ class BundleInferer:
         channels_last: run the network in the channels-last memory format (:class:`ChannelsLast`); ``None`` turns it
             on with reduced precision (``"bf16"``, ``"fp16"``, or ``"auto"`` when that means AMP on CUDA), the fast
             path, and leaves plain fp32 as it is.
+        output_format, statistics, preview: the clinical outputs of every prediction
+            (:class:`~pipelines.clinical_outputs.ClinicalOutputs`: ``"dicom-seg"``, ``"nifti"``, ``"nrrd"``,
+            ``"mha"`` or ``None`` for the saver's own file; a statistics JSON; a PNG preview).
     """
 
     def __init__(
@@ -190,6 +198,9 @@ class BundleInferer:
         precision: str = "auto",
         tta: bool = False,
         channels_last: bool | None = None,
+        output_format: str | None = None,
+        statistics: bool = False,
+        preview: bool = False,
     ) -> None:
         if precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -206,6 +217,7 @@ class BundleInferer:
                                              dir=self.output_dir))
         try:
             self._setup(config, overrides, weights, precision, tta, channels_last)
+            self._setup_clinical(output_format, statistics, preview)
         except BaseException:
             self.close()  # a bundle that does not build leaves nothing behind
             raise
@@ -248,6 +260,23 @@ class BundleInferer:
         self.postprocessing = self._build("postprocessing")
         self.postfix = self._save_postfix()
         self._list_inputs = self._build("list_inputs") if "list_inputs" in self.parser else list_volumes
+
+    def _setup_clinical(self, output_format: str | None, statistics: bool, preview: bool) -> None:
+        """``--format/--statistics/--preview``: labels from the config's ``label_names`` or the bundle's metadata."""
+        label_names = self._build("label_names") if "label_names" in self.parser else None
+        self.clinical = ClinicalOutputs.from_bundle(self.bundle_dir, label_names=label_names,
+                                                    output_format=output_format, statistics=statistics,
+                                                    preview=preview)
+
+    def _clinical_outputs(self, item: dict, default_stem: str, source: str) -> Path | None:
+        """Write the clinical outputs of the prediction the saver left in the staging folder; the prediction's
+        staged path afterwards (``None`` without clinical outputs, or when no saver wrote a file)."""
+        staged = sorted(p for p in self.staging.rglob("*") if p.is_file())
+        if not self.clinical.active or not staged:
+            return None
+        expected = self.staging / f"{default_stem}{self.postfix}"
+        prediction = expected if expected in staged else staged[0]
+        return self.clinical.write(prediction, item, default_stem, source)
 
     def _build(self, key: str) -> Any:
         """``parser.get_parsed_content(key)`` with a one-line error naming the config and the key."""
@@ -364,6 +393,7 @@ class BundleInferer:
         token = SELECTED_SERIES.set(str(item.get("series_uid", "")))
         try:
             self._check_input(item)
+            self.clinical.check_input(item, source)
             data = self.preprocessing(item)
             image = data["image"]
             if torch.is_tensor(image) and image.is_floating_point() and not torch.isfinite(image).all():
@@ -378,7 +408,11 @@ class BundleInferer:
                     torch.cuda.synchronize(self.device)
                 inferer_seconds = time.time() - inferer_start
             self.postprocessing(data)
+            prediction = self._clinical_outputs(item, default_stem, source)
+            staged = sorted(p for p in self.staging.rglob("*") if p.is_file())  # _publish's order
             moved = self._publish(default_stem, stem)
+            if prediction is not None:  # the prediction among the clinical outputs
+                out = moved[staged.index(prediction)]
         except Exception as e:  # one bad input must not stop the others; the caller reports it
             for partial in (p for p in self.staging.rglob("*") if p.is_file()):
                 partial.unlink()
@@ -412,6 +446,9 @@ def infer_volumes(
     series: str = "",
     rank: int = 0,
     world_size: int = 1,
+    output_format: str | None = None,
+    statistics: bool = False,
+    preview: bool = False,
 ) -> list[InferenceResult]:
     """Run a bundle on every volume in ``inputs`` (files, DICOM folders, or folders of volumes).
 
@@ -430,12 +467,15 @@ def infer_volumes(
     so that the ranks' results together hold every input once (:func:`merge_results`). A summary of an earlier run
     in ``output_dir`` (:data:`SUMMARY_NAME`) is removed by rank 0 before the first volume runs, so that a run killed
     midway leaves none that describes other files; :func:`write_summary` writes the new one.
+
+    ``output_format``, ``statistics`` and ``preview``: the clinical outputs of :class:`BundleInferer`.
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} of world size {world_size}: need 0 <= rank < world size")
     main_rank = rank == 0
     engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides, precision=precision, tta=tta,
-                           channels_last=channels_last)
+                           channels_last=channels_last, output_format=output_format, statistics=statistics,
+                           preview=preview)
     try:
         volumes: list[dict] = []
         results: list[InferenceResult] = []
