@@ -37,7 +37,9 @@ Empty-mask policy (the same for every function here):
 * A class present on one side only scores 0 for ``dice``, ``iou``, ``boundary_f1`` and ``surface_dice``;
   ``precision`` is NaN when the prediction is empty (0/0) and ``recall`` is NaN when the label is empty (0/0),
   as in MONAI's confusion-matrix metrics.
-* ``hd95`` is NaN whenever either side is empty (MONAI 1.6's behaviour), whatever ``empty_value`` is.
+* ``hd95`` is NaN whenever either side is empty (MONAI 1.6's behaviour), whatever ``empty_value`` is. Its
+  cumulative :class:`HD95Metric` aggregates to NaN, not MONAI's 0.0, when every value is NaN, and
+  :func:`left_out_cases` counts the cases its mean left out (the evaluators log and save that count beside it).
 * ``mean_pixel_accuracy`` averages per-class recall over the classes present in the label; ``mean_iou`` averages IoU
   over the classes present in the label or the prediction (a class predicted but absent scores 0 and counts). Both
   are computed before ``empty_value`` is applied, so classes absent from both never enter these means.
@@ -92,6 +94,7 @@ __all__ = [
     "BoundaryF1Metric",
     "HD95Metric",
     "NSDMetric",
+    "left_out_cases",
 ]
 
 SpacingLike = Union[float, Sequence[float], Sequence[Sequence[float]], np.ndarray, torch.Tensor, None]
@@ -669,10 +672,22 @@ class BoundaryF1Metric(_SpacingAware, _ReducedMetric):
         )
 
 
+def left_out_cases(buffer: torch.Tensor | np.ndarray) -> int:
+    """How many cases (rows of a cumulative metric's ``(N, C)`` buffer) are NaN in every class: the cases MONAI's
+    NaN-ignoring mean over classes then cases leaves out entirely (e.g. HD95 of an empty prediction)."""
+    data = torch.as_tensor(buffer).detach().float()
+    if data.ndim == 0 or data.numel() == 0:
+        return 0
+    data = data.reshape(data.shape[0], -1)
+    return int(torch.isnan(data).all(dim=1).sum())
+
+
 class HD95Metric(_SpacingAware, HausdorffDistanceMetric):
     """MONAI's ``HausdorffDistanceMetric(percentile=95)`` that finds its spacing itself (mm); buffer ``(N, C)``.
 
-    NaN when either side of a class is empty (MONAI's behaviour, left out of the reduction).
+    NaN when either side of a class is empty (MONAI's behaviour, left out of the reduction). Unlike MONAI's, the
+    aggregate is NaN where every value is NaN (MONAI's ``do_metric_reduction`` gives 0.0 there, a perfect-looking
+    distance for a case whose prediction is empty); :func:`left_out_cases` counts the cases the mean left out.
 
     Args:
         include_background: whether channel 0 is scored (MONAI's default ``False``).
@@ -697,6 +712,17 @@ class HD95Metric(_SpacingAware, HausdorffDistanceMetric):
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore
         kwargs["spacing"] = self._resolve_spacing(y_pred, y, kwargs.get("spacing"))
         return super()._compute_tensor(y_pred, y, **kwargs)
+
+    def aggregate(  # type: ignore[override]
+        self, reduction: MetricReduction | str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """MONAI's NaN-ignoring reduction of the buffer, NaN (not 0.0) where no value entered it."""
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("the data to aggregate must be a PyTorch Tensor.")
+        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        f = torch.where(not_nans > 0, f, torch.full_like(f, float("nan")))
+        return (f, not_nans) if self.get_not_nans else f
 
 
 class NSDMetric(_SpacingAware, SurfaceDiceMetric):

@@ -210,20 +210,33 @@ class TensorBoardTriplets(_EpochPanel):
 
 
 class LearningRateLogger:
-    """Write the learning rate of each optimiser parameter group to TensorBoard at every epoch end."""
+    """Write the learning rate of each optimiser parameter group to TensorBoard, at the step that used it.
 
-    def __init__(self, summary_writer, optimizer: torch.optim.Optimizer, tag: str = "train/lr") -> None:
+    ``every="epoch"`` logs at ``EPOCH_STARTED`` with the epoch number as the step: the rate the whole epoch trains
+    with (an epoch-level ``LrScheduleHandler`` steps at ``EPOCH_COMPLETED``, after it). ``every="iteration"`` logs at
+    ``ITERATION_STARTED`` with the iteration number, for schedulers stepped every iteration. Logging at
+    ``EPOCH_COMPLETED``, as before, recorded the rate of the *next* epoch under this one's step (a 1-epoch cosine run
+    trained at 1e-4 showed 1e-6).
+    """
+
+    def __init__(self, summary_writer, optimizer: torch.optim.Optimizer, tag: str = "train/lr",
+                 every: str = "epoch") -> None:
+        if every not in ("epoch", "iteration"):
+            raise ValueError(f"every must be 'epoch' or 'iteration', got {every!r}")
         self.writer = summary_writer
         self.optimizer = optimizer
         self.tag = tag
+        self.every = every
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        event = Events.EPOCH_STARTED if self.every == "epoch" else Events.ITERATION_STARTED
+        engine.add_event_handler(event, self)
 
     def __call__(self, engine: Engine) -> None:
+        step = engine.state.epoch if self.every == "epoch" else engine.state.iteration
         for i, group in enumerate(self.optimizer.param_groups):
             tag = self.tag if i == 0 else f"{self.tag}_{i}"
-            self.writer.add_scalar(tag, group["lr"], engine.state.epoch)
+            self.writer.add_scalar(tag, group["lr"], step)
 
 
 class TrainingSummary:

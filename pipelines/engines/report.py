@@ -8,6 +8,11 @@ computed, one row per case in a CSV, with their means, and the network's gain ov
 summary JSON, both atomic) and can add the pixel-pooled scores that skin-lesion papers report (Dice/F1, Jaccard,
 sensitivity, specificity, accuracy over all pixels of the test set). :func:`channel_output` selects one output channel
 for an Ignite metric, so that each BraTS region (TC, WT, ET) gets its own scalar in TensorBoard.
+
+:class:`HD95` is the Ignite handler of :class:`~pipelines.metrics.HD95Metric` (millimetres from the label's voxel
+size): NaN, not MONAI's 0.0, when no case has an HD95 (every prediction empty), and the count of cases its mean
+left out in ``engine.state.metrics["<name>_left_out"]``, so that ``MetricsSaver``'s ``metrics.csv`` and the log say
+both. MONAI's ``HausdorffDistance`` handler reduces all-NaN to 0.0 and says nothing.
 """
 
 from __future__ import annotations
@@ -18,14 +23,48 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
+import logging
+
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import IgniteMetricHandler
+from monai.handlers.utils import from_engine
 
 from pipelines.io import atomic_path, write_json_atomic
-from pipelines.metrics import segmentation_report
+from pipelines.metrics import HD95Metric, left_out_cases, segmentation_report
 
-__all__ = ["SegmentationReport", "SuperResolutionReport", "channel_output", "pooled_scores"]
+__all__ = ["HD95", "SegmentationReport", "SuperResolutionReport", "channel_output", "pooled_scores"]
+
+logger = logging.getLogger(__name__)
+
+
+class HD95(IgniteMetricHandler):
+    """95th-percentile Hausdorff distance in mm as an Ignite metric, NaN-honest (see the module docstring).
+
+    Args:
+        include_background: score channel 0 too.
+        spacing: fixed mm per voxel; ``None`` reads the label's ``MetaTensor.pixdim`` (else 1 mm).
+        output_transform: engine output -> ``(y_pred, y)``; default ``from_engine(["pred", "label"])``.
+        save_details: keep the per-case ``(N, C)`` values in ``engine.state.metric_details`` (``MetricsSaver``).
+    """
+
+    def __init__(self, include_background: bool = False, spacing=None, output_transform: Callable | None = None,
+                 save_details: bool = True) -> None:
+        super().__init__(metric_fn=HD95Metric(include_background=include_background, spacing=spacing),
+                         output_transform=output_transform or from_engine(["pred", "label"]),
+                         save_details=save_details)
+
+    def completed(self, engine: Engine, name: str) -> None:
+        super().completed(engine, name)
+        buffer = self.metric_fn.get_buffer()
+        cases = int(buffer.shape[0]) if isinstance(buffer, torch.Tensor) and buffer.ndim else 0
+        left_out = left_out_cases(buffer) if cases else 0
+        engine.state.metrics[f"{name}_left_out"] = left_out
+        if left_out:
+            logger.warning("%s: %d of %d case(s) left out of the mean: HD95 is undefined (NaN) where the prediction "
+                           "or the label is empty%s", name, left_out, cases,
+                           "; no case has one, so the mean is NaN" if left_out == cases else "")
 
 
 def channel_output(index: int, pred_key: str = "pred", label_key: str = "label") -> Callable:

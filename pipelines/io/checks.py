@@ -48,6 +48,8 @@ __all__ = [
     "read_image_information",
     "first_line",
     "nifti_size_problem",
+    "is_nifti2",
+    "NiftiHeaderInformation",
     "SLICE_SPACING_TOLERANCE",
 ]
 
@@ -158,6 +160,87 @@ def nifti_size_problem(path: str | os.PathLike) -> str | None:
         actual = path.stat().st_size
         return f"truncated ({actual} bytes, the header needs {needed})" if actual < needed else None
     return _gzip_short(path, needed)
+
+
+def is_nifti2(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a NIfTI-2 file (``sizeof_hdr`` 540, either byte order), which SimpleITK cannot read."""
+    name = str(path).lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return False
+    try:
+        with (gzip.open if name.endswith(".gz") else open)(path, "rb") as f:
+            head = f.read(4)
+    except (OSError, EOFError):
+        return False
+    return len(head) == 4 and 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
+
+
+#: numpy dtype -> SimpleITK pixel ID of a scalar image (what :class:`NiftiHeaderInformation` reports)
+_SITK_PIXEL_IDS = {"uint8": sitk.sitkUInt8, "int8": sitk.sitkInt8, "uint16": sitk.sitkUInt16,
+                   "int16": sitk.sitkInt16, "uint32": sitk.sitkUInt32, "int32": sitk.sitkInt32,
+                   "uint64": sitk.sitkUInt64, "int64": sitk.sitkInt64, "float32": sitk.sitkFloat32,
+                   "float64": sitk.sitkFloat64}
+
+
+class NiftiHeaderInformation:
+    """What ``sitk.ImageFileReader.ReadImageInformation`` gives, read from a NIfTI-2 header with nibabel.
+
+    SimpleITK 2.5 has no NIfTI-2 reader (``Unable to determine ImageIO reader``); nibabel, MONAI's ``NibabelReader``
+    backend, reads it. The geometry follows ITK's conventions so that callers cannot tell the difference: LPS
+    origin and direction (nibabel's affine is RAS), spacing from ``pixdim``, a 4th axis as time, a 5th as components.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import nibabel as nib
+
+        self._path = str(path)
+        image = nib.load(self._path)
+        header = image.header
+        shape = tuple(int(v) for v in header.get_data_shape())
+        self._components = shape[4] if len(shape) >= 5 else 1
+        shape = shape[:4]
+        while len(shape) > 3 and shape[-1] == 1:  # a trailing time axis of one is a volume
+            shape = shape[:-1]
+        dims = max(len(shape), 2)
+        self._size = tuple(shape) + (1,) * (dims - len(shape))
+        zooms = [float(z) for z in header.get_zooms()[:dims]]
+        self._spacing = tuple(zooms + [1.0] * (dims - len(zooms)))
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(image.affine, dtype=np.float64)
+        spatial = min(dims, 3)
+        norms = np.linalg.norm(lps[:3, :3], axis=0)
+        columns = lps[:3, :3] / np.where(norms > 0, norms, 1.0)  # ITK: the direction is the normalised affine
+        direction = np.eye(dims)
+        direction[:spatial, :spatial] = columns[:spatial, :spatial]
+        self._direction = tuple(direction.ravel().tolist())
+        self._origin = tuple(lps[:spatial, 3].tolist()) + (0.0,) * (dims - spatial)
+        slope, inter = header.get_slope_inter()
+        scaled = slope not in (None, 1.0) or inter not in (None, 0.0)
+        dtype = np.dtype(np.float64 if scaled else header.get_data_dtype()).name
+        self._pixel_id = _SITK_PIXEL_IDS.get(dtype, sitk.sitkFloat64)
+
+    def GetFileName(self) -> str:  # noqa: N802 - SimpleITK's names
+        return self._path
+
+    def GetDimension(self) -> int:  # noqa: N802
+        return len(self._size)
+
+    def GetSize(self) -> tuple[int, ...]:  # noqa: N802
+        return self._size
+
+    def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
+        return self._spacing
+
+    def GetOrigin(self) -> tuple[float, ...]:  # noqa: N802
+        return self._origin
+
+    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
+        return self._direction
+
+    def GetNumberOfComponents(self) -> int:  # noqa: N802
+        return self._components
+
+    def GetPixelID(self) -> int:  # noqa: N802
+        return self._pixel_id
 
 
 def _key_values(lines: Sequence[str], sep: str) -> dict[str, str]:
@@ -337,6 +420,12 @@ def _checked_file(resolved: str, size: int, mtime_ns: int) -> sitk.ImageFileRead
         problem = f"cannot read the header ({e.strerror or type(e).__name__})"
     if problem:
         raise ValueError(f"{path}: {problem}")
+    if is_nifti2(path):  # SimpleITK cannot read NIfTI-2; nibabel can (and read the header above)
+        info = NiftiHeaderInformation(path)
+        problem = _geometry_problem(info)
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+        return info  # type: ignore[return-value] - the same interface
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

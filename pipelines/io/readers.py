@@ -5,6 +5,10 @@ without it a ``.mhd`` file falls through to another reader and fails. SimpleITK 
 exposes the same image model (origin, spacing, direction in LPS), so this reader mirrors ``ITKReader``: data in
 (x, y, z) index order, ``affine`` converted from LPS to RAS so that it agrees with ``NibabelReader``.
 Upstream MONAI has no SimpleITK reader.
+
+NIfTI-2 files (``sizeof_hdr`` 540: large images, some FSL/Connectome tools) are read by MONAI's ``NibabelReader``
+inside this reader, since SimpleITK 2.5 cannot read them; the array and ``affine`` are the same as for the NIfTI-1
+copy of the image, and the metadata has the same keys.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from monai.data import ImageReader
+from monai.data import ImageReader, NibabelReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from pipelines.io.checks import dicom_series, first_line, read_image_information
+from pipelines.io.checks import dicom_series, first_line, is_nifti2, read_image_information
 
 __all__ = ["SimpleITKReader", "read_image_information", "read_voxels", "SELECTED_SERIES", "SUFFIXES"]
 
@@ -49,7 +53,8 @@ class SimpleITKReader(ImageReader):
 
     The array is returned in (x, y, z) index order (channel last for vector images); the metadata holds
     ``affine``/``original_affine`` (RAS unless ``affine_lps_to_ras=False``), ``spacing`` and ``spatial_shape``.
-    A directory is read as a DICOM series (the first series, or ``series_uid``).
+    A directory is read as a DICOM series (the first series, or ``series_uid``). A NIfTI-2 file is read by MONAI's
+    ``NibabelReader`` (SimpleITK cannot) into the same array order and metadata keys.
 
     Args:
         channel_dim: channel dimension of the data, ``None`` for scalar images or channel-last vector images.
@@ -70,6 +75,7 @@ class SimpleITKReader(ImageReader):
         self.series_uid = series_uid
         self.affine_lps_to_ras = affine_lps_to_ras
         self.dtype = dtype
+        self._nibabel = NibabelReader(channel_dim=channel_dim, squeeze_non_spatial_dims=True)
 
     def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
         for name in ensure_tuple(filename):
@@ -96,7 +102,10 @@ class SimpleITKReader(ImageReader):
                     images.append(reader.Execute())
                 else:
                     read_image_information(path)
-                    images.append(sitk.ReadImage(str(path)))
+                    if is_nifti2(path):
+                        images.append(self._nibabel.read(str(path)))
+                    else:
+                        images.append(sitk.ReadImage(str(path)))
             except RuntimeError as e:
                 raise ValueError(f"{path}: cannot read the image ({first_line(e)})") from None
         return images if len(names) > 1 else images[0]
@@ -105,6 +114,11 @@ class SimpleITKReader(ImageReader):
         arrays: list[np.ndarray] = []
         compatible_meta: dict = {}
         for image in img if isinstance(img, (list, tuple)) else [img]:  # a sitk.Image is itself iterable
+            if not isinstance(image, sitk.Image):  # a NIfTI-2 file, read by nibabel
+                data, header = self._nibabel_data(image)
+                arrays.append(data)
+                _copy_compatible_dict(header, compatible_meta)
+                continue
             data = sitk.GetArrayFromImage(image)  # (z, y, x[, c])
             data = data.T if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(data.T, 0, -1)
             if self.dtype is not None:
@@ -122,6 +136,21 @@ class SimpleITKReader(ImageReader):
                 header[MetaKeys.ORIGINAL_CHANNEL_DIM] = self.channel_dim
             _copy_compatible_dict(header, compatible_meta)
         return _stack_images(arrays, compatible_meta), compatible_meta
+
+    def _nibabel_data(self, image) -> tuple[np.ndarray, dict]:
+        """Array and metadata of a nibabel image through ``NibabelReader.get_data``, with this reader's keys."""
+        self._nibabel.filenames = (image.get_filename(),)
+        data, meta = self._nibabel.get_data(image)
+        if self.dtype is not None:
+            data = data.astype(self.dtype, copy=False)
+        spatial = int(len(meta[MetaKeys.SPATIAL_SHAPE]))
+        affine = np.asarray(meta[MetaKeys.ORIGINAL_AFFINE], dtype=np.float64)
+        header = {key: value for key, value in meta.items() if key != "as_closest_canonical"}
+        header["spacing"] = np.asarray(image.header.get_zooms()[:spatial], dtype=np.float64)
+        header[MetaKeys.ORIGINAL_AFFINE] = affine if self.affine_lps_to_ras else orientation_ras_lps(affine)
+        header[MetaKeys.SPACE] = SpaceKeys.RAS if self.affine_lps_to_ras else SpaceKeys.LPS
+        header[MetaKeys.AFFINE] = header[MetaKeys.ORIGINAL_AFFINE].copy()
+        return data, header
 
     @staticmethod
     def affine_of(image: sitk.Image, lps_to_ras: bool = True) -> np.ndarray:

@@ -1,7 +1,12 @@
 """Super-resolution presets: ``{"hr"} -> {"hr", "lr"}`` pairs for training and validation, ``{"image"}`` for inference.
 
-Intensities are in [0, 1] everywhere: 8-bit images are divided by 255; CT is windowed (``hu_window``, default
--1000..400 HU) and clipped. The low-resolution input is made from the high-resolution image by
+Intensities: 8-bit images are divided by 255 ([0, 1]). CT is normalised by its window (``hu_window``, default
+-1000..400 HU, mapped linearly to 0..1): clipped to it for training and validation, where the network learns that
+range, but **not clipped at inference**, so the output covers the input's whole range (bone at 1500 HU comes out
+near 1500 HU, air outside the field of view at -2000 HU as -2000 HU). The CT inferer
+(``sr_inferer(..., passthrough_window=(0, 1))``, :class:`WindowPassthrough`) gives the network the input clipped to
+the window it was trained on and adds the up-sampled part outside the window back to its output; the postprocessing
+inverts the normalisation without clipping. The low-resolution input is made from the high-resolution image by
 :mod:`pipelines.transforms.degradation`, so every HR size must be a multiple of the scale: training crops patches of
 such a size, validation crops the image to a multiple (:class:`~pipelines.transforms.degradation.DivisibleCropd`).
 
@@ -16,8 +21,8 @@ such a size, validation crops the image to a multiple (:class:`~pipelines.transf
 Output geometry. A super-resolved output of spatial size ``input * scale`` covers exactly the input's physical
 extent: :class:`SuperResolvedGeometryd` gives it spacing ``input_spacing / scale`` per axis with the outer edge of
 the first voxel where the input's is (see :func:`~pipelines.transforms.degradation.resampled_affine`). The CT
-postprocessing maps [0, 1] back to Hounsfield units and writes a NIfTI whose world position matches the input's,
-whatever the input's direction matrix.
+postprocessing maps the window's 0..1 back to Hounsfield units (values outside it included) and writes a NIfTI whose
+world position matches the input's, whatever the input's direction matrix.
 
 Seamless inference on images larger than a training patch: :func:`sr_inferer` is MONAI's ``SlidingWindowInferer``.
 ``monai.inferers.sliding_window_inference`` supports networks whose output is larger than the window by an integer
@@ -29,11 +34,13 @@ refused here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor, PILReader
 from monai.inferers import SlidingWindowInferer
@@ -73,6 +80,8 @@ __all__ = [
     "ReadableImaged",
     "SuperResolvedGeometryd",
     "SaveSRPNGd",
+    "WindowPassthrough",
+    "WindowPassthroughInferer",
     "sr_inferer",
     "us_sr_train_transforms",
     "us_sr_eval_transforms",
@@ -223,20 +232,101 @@ class SaveSRPNGd(MapTransform):
         return d
 
 
+def _interpolation_of(network: torch.nn.Module, spatial_dims: int) -> str:
+    """The interpolation of ``network``'s own skip (:class:`~networks.RRDBNet` ``interpolation_skip``), looked up
+    through wrappers (``.network``, ``.module``); (bi/tri)linear when it has none. Every mode here is linear in its
+    input, so interpolating the clipped input and the excess separately adds up to interpolating the whole."""
+    seen = 0
+    while network is not None and seen < 8:
+        mode = getattr(network, "interpolation_skip", None)
+        if isinstance(mode, str):
+            return mode
+        inner = getattr(network, "network", None)
+        network = inner if inner is not None else getattr(network, "module", None)
+        seen += 1
+    return "bilinear" if spatial_dims == 2 else "trilinear"
+
+
+class WindowPassthrough(torch.nn.Module):
+    """Run ``network`` on its input clipped to ``window`` and add back what the clipping removed, up-sampled.
+
+    ``output = network(clip(x, low, high)) + interpolate(x - clip(x, low, high))`` to the network's output size.
+    A super-resolution network trained on windowed intensities (CT in -1000..400 HU, normalised to 0..1) never saw
+    values outside the window; this keeps its input inside what it learnt while the output keeps the input's range:
+    bone at 1500 HU comes out near 1500 HU instead of 400. With the network's own interpolation skip
+    (``interpolation_skip="trilinear"``) the result equals that skip applied to the whole input plus the residual the
+    network predicts from the windowed input. An input inside the window is passed unchanged (``output =
+    network(x)``). Upstream MONAI has no intensity passthrough for its inferers.
+
+    Args:
+        network: maps ``(B, C, *S)`` to ``(B, C, *S * scale)`` (``C`` the same in and out).
+        low, high: the window in the network's units (``0.0, 1.0`` after :func:`ct_sr_preprocessing`).
+        mode: ``F.interpolate`` mode for the excess; ``"auto"``: the network's interpolation skip, else linear.
+    """
+
+    def __init__(self, network: torch.nn.Module, low: float = 0.0, high: float = 1.0, mode: str = "auto") -> None:
+        super().__init__()
+        if not low < high:
+            raise ValueError(f"passthrough window must have low < high, got ({low}, {high})")
+        self.network = network
+        self.low, self.high = float(low), float(high)
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = x.clamp(self.low, self.high)
+        out = self.network(inside)
+        excess = (x - inside).float()
+        if not bool(excess.any()):
+            return out
+        if excess.shape[1] != out.shape[1]:
+            raise ValueError(f"passthrough needs as many output channels as input channels, got {excess.shape[1]} "
+                             f"in and {out.shape[1]} out")
+        mode = _interpolation_of(self.network, x.ndim - 2) if self.mode == "auto" else self.mode
+        align = None if mode in ("nearest", "area", "nearest-exact") else False
+        up = F.interpolate(excess, size=tuple(out.shape[2:]), mode=mode, align_corners=align)
+        return out + up.to(out.dtype)
+
+
+class WindowPassthroughInferer(SlidingWindowInferer):
+    """MONAI's ``SlidingWindowInferer`` whose network is wrapped in :class:`WindowPassthrough` on every call.
+
+    Args:
+        passthrough_window: ``(low, high)`` in the network's input units.
+        passthrough_mode: interpolation of the excess (``"auto"``: the network's interpolation skip, else linear).
+        args, kwargs: ``SlidingWindowInferer``'s.
+    """
+
+    def __init__(self, *args, passthrough_window: Sequence[float] = (0.0, 1.0), passthrough_mode: str = "auto",
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        low, high = (float(v) for v in passthrough_window)
+        WindowPassthrough(torch.nn.Identity(), low, high)  # checks the window now, not at the first volume
+        self.passthrough_window = (low, high)
+        self.passthrough_mode = passthrough_mode
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):  # type: ignore[override]
+        wrapped = WindowPassthrough(network, *self.passthrough_window, mode=self.passthrough_mode)
+        return super().__call__(inputs, wrapped, *args, **kwargs)
+
+
 def sr_inferer(
     roi_size: Sequence[int] | int,
     sw_batch_size: int = 4,
     overlap: float | Sequence[float] = 0.25,
     mode: str = "gaussian",
     padding_mode: str = "replicate",
+    passthrough_window: Sequence[float] | None = None,
+    passthrough_mode: str = "auto",
     **kwargs,
 ) -> SlidingWindowInferer:
     """A ``SlidingWindowInferer`` for networks that up-sample by an integer factor per axis.
 
     ``roi_size`` is the *input* (low-resolution) window; the output of an input ``(B, C, *S)`` is
     ``(B, C', *S * scale)``, seamless thanks to overlapping windows blended with Gaussian weights. ``padding_mode``
-    pads inputs smaller than the window (replicate: no dark border). Other keyword arguments go to
-    ``SlidingWindowInferer``; ``buffer_steps`` is refused (MONAI's buffered mode cannot enlarge the output).
+    pads inputs smaller than the window (replicate: no dark border). ``passthrough_window`` (``(0, 1)`` for CT at
+    inference) gives a :class:`WindowPassthroughInferer`: the network sees its input clipped to that window and the
+    part outside is interpolated back into the output. Other keyword arguments go to ``SlidingWindowInferer``;
+    ``buffer_steps`` is refused (MONAI's buffered mode cannot enlarge the output).
 
     A purely local network gives exactly its whole-image output. A network whose receptive field exceeds the
     window's overlap margin differs from whole-image inference where windows saw zero padding; Gaussian blending
@@ -247,8 +337,12 @@ def sr_inferer(
     if kwargs.get("buffer_steps") is not None:
         raise ValueError("buffer_steps is not supported for super-resolution: MONAI's buffered sliding window "
                          "allocates its buffer at the input's size and cannot hold a larger output")
-    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
-                                padding_mode=padding_mode, **kwargs)
+    common = dict(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
+                  padding_mode=padding_mode, **kwargs)
+    if passthrough_window is not None:
+        return WindowPassthroughInferer(passthrough_window=passthrough_window, passthrough_mode=passthrough_mode,
+                                        **common)
+    return SlidingWindowInferer(**common)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -332,8 +426,9 @@ def us_sr_postprocessing(output_dir: str | Path, scale: int | Sequence[int] = 4,
 
 
 def ct_sr_preprocessing(key: str, hu_window: Sequence[float] = (-1000.0, 400.0),
-                        pixdim: Sequence[float] | None = None) -> list:
-    """Load, orient to RAS (slice axis last), optionally resample to ``pixdim``, window HU to [0, 1] (clipped)."""
+                        pixdim: Sequence[float] | None = None, clip: bool = True) -> list:
+    """Load, orient to RAS (slice axis last), optionally resample to ``pixdim``, map ``hu_window`` linearly to
+    [0, 1]; ``clip`` clips to it (training and validation), ``clip=False`` keeps values outside (inference)."""
     steps = [
         LoadVolumed(key),
         EnsureTyped(key, dtype=torch.float32, track_meta=True),
@@ -341,7 +436,7 @@ def ct_sr_preprocessing(key: str, hu_window: Sequence[float] = (-1000.0, 400.0),
     ]
     if pixdim is not None:
         steps.append(Spacingd(key, pixdim=tuple(pixdim), mode="bilinear"))
-    steps.append(ScaleIntensityRanged(key, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True))
+    steps.append(ScaleIntensityRanged(key, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=clip))
     return steps
 
 
@@ -408,12 +503,19 @@ def ct_sr_eval_transforms(
 
 def ct_sr_infer_transforms(hu_window: Sequence[float] = (-1000.0, 400.0), pixdim: Sequence[float] | None = None,
                            image_key: str = "image") -> Compose:
-    """``{"image": thick-slice volume}`` -> ``{"image": (1, X, Y, Z)}`` in [0, 1], RAS, with its geometry; any size."""
-    return Compose(ct_sr_preprocessing(image_key, hu_window, pixdim))
+    """``{"image": thick-slice volume}`` -> ``{"image": (1, X, Y, Z)}``, RAS, with its geometry; any size.
+
+    ``hu_window`` maps to [0, 1] linearly and is **not** clipped: -2000 HU is -0.714 with the default window, 1500 HU
+    is 1.786. The inferer (``sr_inferer(passthrough_window=(0, 1))``) keeps the network inside the window."""
+    return Compose(ct_sr_preprocessing(image_key, hu_window, pixdim, clip=False))
 
 
 def _round(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x)
+
+
+def _clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return torch.clamp(x, low, high)
 
 
 def ct_sr_postprocessing(
@@ -424,17 +526,24 @@ def ct_sr_postprocessing(
     output_dtype: type | np.dtype = np.int16,
     image_key: str = "image",
 ) -> Compose:
-    """``{"pred": (1, X * f_x, Y * f_y, Z * f_z)}`` in [0, 1] -> ``<output_dir>/<name>_sr.nii.gz`` in HU.
+    """``{"pred": (1, X * f_x, Y * f_y, Z * f_z)}`` in window units -> ``<output_dir>/<name>_sr.nii.gz`` in HU.
 
-    The prediction gets the super-resolved geometry (:class:`SuperResolvedGeometryd`), is clipped and mapped back
-    from [0, 1] to ``hu_window``, rounded, and written with its own affine (no resampling) by
-    :class:`~pipelines.io.AtomicNibabelWriter`: same physical extent and position as the input, spacing divided by
-    the scale. Values outside the window cannot be recovered (they were clipped by the preprocessing).
+    The prediction gets the super-resolved geometry (:class:`SuperResolvedGeometryd`), is mapped back from the
+    window's [0, 1] to ``hu_window`` linearly **without clipping** (the inverse of :func:`ct_sr_infer_transforms`:
+    values outside the window come out where they went in), rounded, and written with its own affine (no resampling)
+    by :class:`~pipelines.io.AtomicNibabelWriter`: same physical extent and position as the input, spacing divided by
+    the scale. Only an integer ``output_dtype``'s own range is enforced (int16: -32768..32767 HU), so that a value
+    beyond it saturates instead of wrapping around.
     """
-    return Compose([
+    steps = [
         SuperResolvedGeometryd("pred", ref_key=image_key, scale=scale),
-        ScaleIntensityRanged("pred", a_min=0.0, a_max=1.0, b_min=hu_window[0], b_max=hu_window[1], clip=True),
+        ScaleIntensityRanged("pred", a_min=0.0, a_max=1.0, b_min=hu_window[0], b_max=hu_window[1], clip=False),
         Lambdad("pred", func=_round),
+    ]
+    if np.issubdtype(np.dtype(output_dtype), np.integer):
+        info = np.iinfo(np.dtype(output_dtype))
+        steps.append(Lambdad("pred", func=functools.partial(_clamp, low=float(info.min), high=float(info.max))))
+    return Compose(steps + [
         SaveImaged("pred", output_dir=str(output_dir), output_postfix=output_postfix, output_ext=".nii.gz",
                    output_dtype=output_dtype, resample=False, separate_folder=False, print_log=False,
                    writer=AtomicNibabelWriter),
