@@ -10,6 +10,7 @@ from .gan import (
     super_resolution_metrics,
 )
 from .handlers import LearningRateLogger, TensorBoardSlices, TensorBoardTriplets, TrainingSummary
+from .memory_plan import MemoryPlanError, MemoryPlanHandler, estimate_training_memory  # noqa: F401
 
 __all__ = [
     "LearningRateLogger",

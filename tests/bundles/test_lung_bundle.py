@@ -221,3 +221,30 @@ def test_network_swapped_by_a_config_override(tiny_lung_bundle, luna16_tiny, tmp
     result = BundleInferer(bundle, tmp_path / "out", overrides={"network_def": network})(scans[0].path)
     assert result.ok, result.error
     _assert_same_geometry(sitk.ReadImage(str(scans[0].path)), sitk.ReadImage(result.output))
+
+
+def test_a_step_that_cannot_fit_is_refused_before_the_first_iteration(tiny_lung_bundle, luna16_tiny, tmp_path):
+    """``memory_budget_gb`` caps the memory plan: training stops at Events.STARTED with the one-line estimate,
+    before any iteration, checkpoint or model is written."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_lung_bundle, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs", "cache"))
+    configs = bundle / "configs"
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"), workflow_type="train",
+        bundle_root=str(bundle), dataset_dir=str(luna16_tiny[0]), memory_budget_gb=0.001,
+    )
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as refused:
+        workflow.run()
+    cause = refused.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    message = str(cause)
+    assert "\n" not in message and message.startswith("memory plan: one training step of ")
+    assert "of 2 x 1 patches of 32x32x16 on cpu needs an estimated " in message  # TINY_LUNG's batch and patch
+    assert "but the budget is memory_budget_gb 0.001; not even one patch fits: lower " in message
+    assert all(name in message for name in ("batch_size", "num_samples", "patch_size"))
+    assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 0
+    assert not (bundle / "models" / "checkpoint.pt").exists() and not (bundle / "models" / "model.pt").exists()
