@@ -172,6 +172,9 @@ def _write_entry(item: dict, head: Compose, root: Path, key: str) -> int:
         for path in partial.iterdir():  # the entry's bytes are on disk before its name says it is complete
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+        incomplete = root / key
+        if incomplete.is_dir() and not (incomplete / ITEM_FILE).is_file():
+            shutil.rmtree(incomplete, ignore_errors=True)  # not written here (an interrupted copy of a cache): replace
         try:
             os.rename(partial, root / key)
         except OSError:  # another process (another rank, `pipelines preprocess`) finished the same case first

@@ -219,6 +219,17 @@ def test_a_kill_during_preprocessing_leaves_nothing_trusted_and_resumes(items, t
     assert {n: (root / n / "item.pkl").stat().st_mtime_ns for n in finished} == mtimes  # not redone
 
 
+def test_an_entry_folder_without_its_record_is_rebuilt(items, tmp_path):
+    """A folder named by a key but without item.pkl (an interrupted copy of a cache) is not trusted: rebuilt."""
+    keys = preprocess_cases(items[:1], ct_eval_transforms(PIXDIM), tmp_path)
+    entry = tmp_path / "preprocessed" / keys[0]
+    (entry / "item.pkl").unlink()
+    (entry / "stray.npy").write_bytes(b"half a copy")
+    ds = DiskCacheDataset(items[:1], ct_eval_transforms(PIXDIM), tmp_path, cache_memory_gb=0)
+    assert (entry / "item.pkl").is_file() and not (entry / "stray.npy").exists()
+    assert ds.cached_item(0)["image"].shape[0] == 1
+
+
 def test_sample_indices_is_a_seeded_sorted_subset():
     indices = np.arange(1000) * 3
     kept = sample_indices(indices, 10, seed=5)
