@@ -73,17 +73,6 @@ def _synth(args: argparse.Namespace) -> int:
     raise AssertionError(args.layout)  # argparse restricts the choices
 
 
-def _parse_override(text: str) -> tuple[str, object]:
-    import json
-
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
 
 def _infer(args: argparse.Namespace) -> int:
     import time
@@ -214,6 +203,8 @@ def _bench(bench_args: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.bundle import parse_override
+
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--series", metavar="UID", help="DICOM folders holding several series: run this "
                        "SeriesInstanceUID only (default: each series is its own output, named by its UID)")
     infer.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 passes per window in 3D)")
-    infer.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
+    infer.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                        help="override any inference.json value, e.g. --set stitch_device=cpu (repeatable)")
     infer.add_argument("--format", choices=["dicom-seg", "nifti", "nrrd", "mha"], default=None,  # OUTPUT_FORMATS
                        help="prediction file format (default: the bundle's own, NIfTI for the volume bundles); "

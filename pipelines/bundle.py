@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import shutil
 from pathlib import Path
@@ -36,3 +38,17 @@ def derive_bundle(src: str | Path, dst: str | Path, overrides: dict, train_overr
     meta["description"] += f" Derived copy with {json.dumps({**overrides, **train_overrides})}."
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
     return dst
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of a ``--set`` option (VALUE parsed as JSON when it is JSON, else kept as a string)."""
+    import argparse
+    import json
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value

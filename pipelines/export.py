@@ -50,6 +50,8 @@ or ``model=``, or ``load_ts_module=True`` (the TorchScript file needs no project
 
 from __future__ import annotations
 
+from pipelines.bundle import parse_override
+
 import argparse
 import ast
 import datetime as _dt
@@ -537,19 +539,6 @@ def _parse_url(text: str) -> tuple[str, str]:
     return path, url
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` (VALUE parsed as JSON when it is JSON), as ``pipelines infer --set``."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-# ------------------------------------------------------------------------------------------------------------ export
-
 
 def _copy_code(dst: Path, repo: Path = REPO) -> None:
     for package in CODE_PACKAGES:
@@ -749,7 +738,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sign-key", metavar="KEY.pem", help="sign manifest.json with this Ed25519 private key "
                         "(openssl genpkey -algorithm ed25519 -out KEY.pem; the receiver checks it with the public key:"
                         " openssl pkey -in KEY.pem -pubout -out KEY.pub, verify --public-key KEY.pub)")
-    parser.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
+    parser.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                         help="an override the bundle was trained with (--nf 16 -> --set nf=16), written into every "
                         "exported config that has KEY (repeatable)")
     parser.add_argument("--eval-dir", metavar="DIR", help="folder of the last evaluation report, for eval_metrics "

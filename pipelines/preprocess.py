@@ -10,6 +10,8 @@ A killed run resumes without redoing finished cases.
 
 from __future__ import annotations
 
+from pipelines.bundle import parse_override
+
 import argparse
 import sys
 import time
@@ -58,24 +60,13 @@ def preprocess_bundle(
     return counts
 
 
-def _override(text: str) -> tuple[str, Any]:
-    import json
-
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help="bundle folder (configs/train.json)")
     parser.add_argument("--dataset_dir", "--dataset-dir", dest="dataset_dir", required=True,
                         help="the data set, as training's --dataset_dir")
     parser.add_argument("--workers", type=int, default=0, help="cases preprocessed at a time (default 0: this process)")
-    parser.add_argument("--set", action="append", type=_override, metavar="KEY=VALUE",
+    parser.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                         help="a train.json override that training will also get, e.g. --set pixdim=[1,1,1]")
 
 
