@@ -2,8 +2,8 @@
 
 Each network is built from a ``_target_`` and its arguments, and measured in its own fresh process (so that peak
 resident memory is its own), one after the other, on the same machine and the same inputs. Results are reported as
-absolute figures and as ratios to a baseline network of the same run. :mod:`bench.edu_vs_unet` and
-:mod:`bench.frcunet_vs_segresnet` are the two comparisons built on it.
+absolute figures and as ratios to a baseline network of the same run. :mod:`bench.frcunet_vs_segresnet` is built on
+it (:mod:`bench.edu_vs_unet` measures its networks in one process, interleaved, instead).
 """
 
 from __future__ import annotations

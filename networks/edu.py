@@ -9,11 +9,17 @@ The paper's abstract fixes the idea (encoder features are filtered depthwise by 
 they meet the decoder); the filter bank, the dense-block layout and the widths are not published. The choices here
 are this project's interpretation: Gaussian denoising at 3, 5 and 7 taps, each
 sharpened by a difference of Gaussians (unsharp masking), fused with the raw skip by a 1x1 convolution.
+
+Where MDE sits is not published either, and the authors' claim that MDE lowers peak memory and time per step depends
+on it. :class:`EDU` builds both readings (``skip=``): MDE added on each skip of a DenseNet-block U-Net (``"mde"``,
+against ``"plain"``), and MDE replacing the convolution nodes of a UNet++-style nested dense skip pathway
+(``"dense_mde"``, against ``"dense"``). ``bench/edu_vs_unet.py`` measures all four (``bench/results_edu.md``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Dict, List
 
 import torch
 import torch.nn as nn
@@ -23,7 +29,10 @@ from monai.utils import ensure_tuple_rep
 
 from networks.blocks.filters import FixedDepthwiseFilter, gaussian_kernel, opencv_sigma
 
-__all__ = ["DenseLayer", "DenseBlock", "MDE", "EDU"]
+__all__ = ["DenseLayer", "DenseBlock", "MDE", "NestedNode", "EDU", "SKIP_PATHWAYS"]
+
+#: ``EDU(skip=...)``: the two readings of "dense U-Net with MDE skips", each with its ablation (see :class:`EDU`)
+SKIP_PATHWAYS = ("mde", "plain", "dense", "dense_mde")
 
 
 class DenseLayer(nn.Module):
@@ -99,10 +108,13 @@ class DenseBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _reference_path(x):
-            return self.transition(self.dense(x))
-        return self._buffered(x)
+        # TorchScript compiles only the concatenating path (``is_scripting()`` is a compile-time constant there)
+        if not torch.jit.is_scripting():
+            if not _reference_path(x):
+                return self._buffered(x)
+        return self.transition(self.dense(x))
 
+    @torch.jit.unused
     def _buffered(self, x: torch.Tensor) -> torch.Tensor:
         """The dense layers on one feature buffer: the input and each layer's output are written into it once.
 
@@ -166,8 +178,9 @@ class MDE(nn.Module):
     - ``enhance="laplacian"``: ``E_k = G_k(x) + alpha * L(G_k(x))`` with ``L`` MONAI's ``LaplaceFilter`` kernel, whose
       centre is positive (``L = -nabla^2``): adding it sharpens, as ``g - alpha * nabla^2 g`` does.
 
-    The maps ``[x, E_k...]`` are fused by ``fusion="concat"`` (1x1 conv -> norm -> act back to C channels) or
-    ``fusion="sum"`` (their mean; no parameters). Input and output: ``(B, C, *spatial)``, same shape.
+    The maps ``[x, E_k...]`` are fused by ``fusion="concat"`` (1x1 conv -> norm -> act to ``out_channels``) or
+    ``fusion="sum"`` (their mean; no parameters, unless ``out_channels`` differs from C: then a 1x1 conv -> norm ->
+    act projects the mean). Input ``(B, C, *spatial)``, output ``(B, out_channels, *spatial)`` (C by default).
 
     Args:
         spatial_dims: 2 or 3.
@@ -179,6 +192,8 @@ class MDE(nn.Module):
         learnable_filters: make the filters depthwise parameters initialised from the fixed kernels.
         norm: MONAI norm factory spec of the fusion.
         act: MONAI activation factory spec of the fusion.
+        out_channels: output channels (default ``channels``); :class:`EDU`'s ``skip="dense_mde"`` nodes fuse a
+            concatenation of several maps down to one level's width.
     """
 
     def __init__(
@@ -192,6 +207,7 @@ class MDE(nn.Module):
         learnable_filters: bool = False,
         norm=("batch", {}),
         act=("relu", {"inplace": True}),
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         if enhance not in ("dog", "laplacian"):
@@ -199,9 +215,11 @@ class MDE(nn.Module):
         if fusion not in ("concat", "sum"):
             raise ValueError(f"fusion must be 'concat' or 'sum', got {fusion!r}.")
         self.scales = tuple(int(k) for k in scales)
-        self.alpha = alpha
+        self.alpha = float(alpha)
         self.enhance = enhance
         self.fusion = fusion
+        self.channels = channels
+        self.out_channels = channels if out_channels is None else int(out_channels)
 
         def blur(k: int) -> FixedDepthwiseFilter:
             kernel = gaussian_kernel(k, opencv_sigma(k), spatial_dims)
@@ -210,20 +228,26 @@ class MDE(nn.Module):
         # one filter per distinct size: with the default scales the DoG partners (5, 7, 9) overlap the scales (3, 5, 7)
         sizes = set(self.scales) | ({k + 2 for k in self.scales} if enhance == "dog" else set())
         self.gaussians = nn.ModuleDict({str(k): blur(k) for k in sorted(sizes)})
+        # every attribute that forward names exists in every mode (Identity where unused), as TorchScript requires
+        self.laplacian: nn.Module = nn.Identity()
         if enhance == "laplacian":
             laplace = LaplaceFilter(spatial_dims, size=3).filter.detach().float()
             self.laplacian = FixedDepthwiseFilter(spatial_dims, channels, laplace, learnable=learnable_filters)
-        if fusion == "concat":
+        self.fuse: nn.Module = nn.Identity()
+        fused_in = channels * (len(self.scales) + 1) if fusion == "concat" else channels
+        if fusion == "concat" or self.out_channels != channels:
             norm_name, norm_args = _split(norm)
             act_name, act_args = _split(act)
             self.fuse = nn.Sequential(
-                Conv[Conv.CONV, spatial_dims](channels * (len(self.scales) + 1), channels, kernel_size=1, bias=False),
-                Norm[norm_name, spatial_dims](channels, **norm_args),
+                Conv[Conv.CONV, spatial_dims](fused_in, self.out_channels, kernel_size=1, bias=False),
+                Norm[norm_name, spatial_dims](self.out_channels, **norm_args),
                 Act[act_name](**act_args),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        blurred = {k: gaussian(x) for k, gaussian in self.gaussians.items()}
+        blurred: Dict[str, torch.Tensor] = {}
+        for size, gaussian in self.gaussians.items():
+            blurred[size] = gaussian(x)
         maps = [x]
         for k in self.scales:
             g = blurred[str(k)]
@@ -231,18 +255,83 @@ class MDE(nn.Module):
                 maps.append(g + self.alpha * (g - blurred[str(k + 2)]))
             else:
                 maps.append(g + self.alpha * self.laplacian(g))
-        if self.fusion == "sum":
+        if self.fusion == "sum" and self.out_channels == self.channels:
             return torch.stack(maps, dim=0).mean(dim=0)
+        if self.fusion == "sum":  # the mean, projected to out_channels
+            return self.fuse(torch.stack(maps, dim=0).mean(dim=0))
         return self.fuse(torch.cat(maps, dim=1))
 
 
-class EDU(nn.Module):
-    """E-DU: dense U-Net whose skip connections pass an :class:`MDE` module.
+class NestedNode(nn.Module):
+    """One node ``X^{i,j}`` (``j >= 1``) of a UNet++-style nested skip pathway (Zhou et al., DLMIA 2018).
 
-    Five resolution levels of ``features`` channels (four max-pool down-samplings). Each encoder level is a
-    :class:`DenseBlock` (``dense_layers`` layers of growth ``width // 4`` and a 1x1 transition). Each decoder level
-    up-samples by a 2x2 transposed convolution, concatenates ``MDE(skip)`` (or the raw skip when ``mde=False``) and
-    applies a dense block. A 1x1 convolution gives the logits.
+    ``block(cat([up(X^{i+1,j-1}), X^{i,0}, ..., X^{i,j-1}]))``: the deeper node of the previous column up-sampled by
+    ``up`` (a 2x2 transposed convolution to the level's width), then every earlier node of the same level, in
+    column order (the order of MONAI's ``BasicUNetPlusPlus`` and of this project's ``UNetPlusPlus``). ``block`` maps
+    the ``(j + 1) * width`` channels to ``width``: a :class:`DenseBlock` (``EDU(skip="dense")``) or an :class:`MDE`
+    (``skip="dense_mde"``).
+
+    Args:
+        row: the level ``i`` (0 shallowest).
+        col: the column ``j`` (1 the first node after the encoder).
+        up: the up-sampling of ``X^{i+1,j-1}``.
+        block: the node's block.
+    """
+
+    def __init__(self, row: int, col: int, up: nn.Module, block: nn.Module) -> None:
+        super().__init__()
+        self.row = row
+        self.col = col
+        self.up = up
+        self.block = block
+
+    def forward(self, deeper: torch.Tensor, same_level: List[torch.Tensor]) -> torch.Tensor:
+        """``deeper``: ``X^{i+1,j-1}``; ``same_level``: ``[X^{i,0}, ..., X^{i,j-1}]``."""
+        return self.block(torch.cat([self.up(deeper)] + same_level, dim=1))
+
+
+class EDU(nn.Module):
+    """E-DU: a dense U-Net with multi-scale denoise-enhancement (:class:`MDE`) in its skip pathway, in two readings.
+
+    Five resolution levels of ``features`` channels (four max-pool down-samplings). Each encoder level ``X^{i,0}`` is
+    a :class:`DenseBlock` (``dense_layers`` layers of growth ``width // 4`` and a 1x1 transition). Each decoder level
+    up-samples the deeper decoder output by a 2x2 transposed convolution, concatenates it (first) with the level's
+    skip features and applies a dense block. A 1x1 convolution gives the logits. ``skip`` chooses the skip pathway:
+
+    - ``"mde"`` (default; reading 1, MDE *added* on each skip): the decoder of level ``i`` reads
+      ``cat([up, MDE(X^{i,0})])``: this project's first interpretation, the lung bundle's network;
+    - ``"plain"``: reading 1's ablation, ``cat([up, X^{i,0}])`` (identity skips: a plain dense U-Net);
+    - ``"dense"`` (reading 2's ablation, "dense U-Net" as UNet++): a nested dense skip pathway between encoder and
+      decoder, one :class:`NestedNode` ``X^{i,j}`` for every ``j >= 1`` with ``i + j <= L - 2`` (``L`` levels;
+      ``(L - 1)(L - 2) / 2`` nodes, 6 for five levels), each a dense block of
+      ``cat([up(X^{i+1,j-1}), X^{i,0}, ..., X^{i,j-1}])``; the decoder of level ``i`` is the last node of its row,
+      ``X^{i,L-1-i}``, a dense block of ``cat([up, X^{i,0}, ..., X^{i,L-2-i}])``;
+    - ``"dense_mde"`` (reading 2, MDE *replacing* the nested convolutions): the same pathway and decoder, each nested
+      node's dense block (3x3 convolutions) replaced by an :class:`MDE` of the node's input (fixed depthwise filters)
+      whose 1x1 fusion maps it to the level's width; the up-sampling transposed convolutions (2x2) stay.
+
+    ``mde`` is the switch of earlier versions and keeps its meaning: ``mde=True`` is ``skip="mde"``, ``mde=False``
+    ``skip="plain"`` (so ``{"mde": true}`` in a bundle's ``network_def`` builds what it always built). Given with
+    ``skip``, it must agree with it (``True`` with ``"mde"``/``"dense_mde"``, ``False`` with ``"plain"``/``"dense"``).
+
+    The up-convolutions have no bias: their output goes straight into the norms of the next dense block (or into
+    MDE's filters and 1x1 fusion, then a norm), which subtract a per-channel mean (batch statistics, or per instance:
+    the norms ``Norm[name](channels)`` builds here), so a bias cancels and never learns (its gradient is zero).
+    A state dict of an earlier version with up-convolution biases loads into ``"mde"``/``"plain"``: each bias is
+    folded into the running means of the decoder block's batch norms (the channels it fed), which gives the same
+    eval-mode output.
+
+    The authors' claim, that MDE lowers peak memory and time per training step, holds on this machine under reading
+    2 only (``bench/edu_vs_unet.py``, ``bench/results_edu.md``: reference widths, one CPU thread, fp32, batch 2 of
+    128^2 in 2D and of 32x32x16 in 3D; ratios with MDE / without, 2D and 3D; no GPU was measured):
+
+    - reading 1, ``"mde"`` / ``"plain"``: it does not hold. MDE adds 349 k parameters, saved activations x1.26 and
+      x1.27, the step's peak x1.17 and x1.10, time per step x1.07 and x1.13;
+    - reading 2, ``"dense_mde"`` / ``"dense"``: it holds. 0.5 M and 1.8 M fewer parameters, saved activations x0.80
+      and x0.79, the step's peak x0.83 and x0.84, time per step x0.82 and x0.66 (faster in every round).
+
+    The nested pathway itself is expensive: ``"dense_mde"`` needs 1.9x (2D) and 1.7x (3D) the step peak of
+    ``"mde"`` and 2.2-2.3x its time per step.
 
     Input ``(B, in_channels, *spatial)`` with every spatial size divisible by ``2 ** (len(features) - 1)``;
     output ``(B, out_channels, *spatial)`` logits (apply sigmoid or softmax in the loss or post-processing).
@@ -252,21 +341,26 @@ class EDU(nn.Module):
         in_channels: input channels.
         out_channels: output channels (classes, background included for softmax).
         features: widths of the resolution levels, shallow to deep.
-        dense_layers: layers per dense block.
-        mde: pass the skips through MDE (``False`` gives a plain dense U-Net, for ablation).
+        dense_layers: layers per dense block (encoder, decoder and ``"dense"`` nested nodes).
+        mde: the earlier switch: ``True`` for ``skip="mde"``, ``False`` for ``skip="plain"``; ``None`` (default)
+            leaves the choice to ``skip``.
         mde_scales: Gaussian kernel sizes of MDE.
         mde_alpha: enhancement strength of MDE.
         mde_enhance: ``"dog"`` or ``"laplacian"``.
-        mde_fusion: ``"concat"`` (1x1 conv) or ``"sum"`` (parameter-free).
+        mde_fusion: ``"concat"`` (1x1 conv) or ``"sum"`` (parameter-free on a skip; in a ``"dense_mde"`` node the
+            mean is projected to the level's width by a 1x1 conv).
         learnable_filters: make MDE's filters learnable depthwise convolutions.
         norm: MONAI norm factory spec, e.g. ``("batch", {})`` or ``("instance", {"affine": True})``.
         act: MONAI activation factory spec.
         dropout: dropout probability inside the dense layers.
+        skip: ``"mde"``, ``"plain"``, ``"dense"`` or ``"dense_mde"`` (see above); ``None`` (default) follows ``mde``
+            (``"mde"`` unless ``mde=False``).
 
     Example::
 
         net = EDU(spatial_dims=3, in_channels=1, out_channels=2)
         logits = net(torch.zeros(1, 1, 64, 64, 32))  # -> (1, 2, 64, 64, 32)
+        nested = EDU(spatial_dims=2, in_channels=1, out_channels=2, skip="dense_mde")
     """
 
     def __init__(
@@ -276,7 +370,7 @@ class EDU(nn.Module):
         out_channels: int,
         features: Sequence[int] = (32, 64, 128, 256, 512),
         dense_layers: int = 4,
-        mde: bool = True,
+        mde: bool | None = None,
         mde_scales: Sequence[int] = (3, 5, 7),
         mde_alpha: float = 1.0,
         mde_enhance: str = "dog",
@@ -285,6 +379,7 @@ class EDU(nn.Module):
         norm=("batch", {}),
         act=("relu", {"inplace": True}),
         dropout: float = 0.0,
+        skip: str | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -292,9 +387,22 @@ class EDU(nn.Module):
         features = tuple(int(f) for f in features)
         if len(features) < 2:
             raise ValueError(f"features needs at least two levels, got {features}.")
+        self.skip = _skip_pathway(skip, mde)
+        self.nested_pathway = self.skip in ("dense", "dense_mde")
         self.spatial_dims = spatial_dims
         self.features = features
         self.divisor = 2 ** (len(features) - 1)
+        levels = len(features)
+
+        def up(level: int) -> nn.Module:
+            """The 2x2 transposed convolution from level ``level + 1`` to ``level``."""
+            return Conv[Conv.CONVTRANS, spatial_dims](
+                features[level + 1], features[level], kernel_size=2, stride=2, bias=False
+            )
+
+        def mde_block(channels: int, out: int | None = None) -> MDE:
+            return MDE(spatial_dims, channels, mde_scales, mde_alpha, mde_enhance, mde_fusion, learnable_filters,
+                       norm, act, out_channels=out)
 
         self.encoders = nn.ModuleList()
         channels = in_channels
@@ -303,35 +411,106 @@ class EDU(nn.Module):
             channels = width
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
 
+        # the nested pathway X^{i,j} (j >= 1, i + j <= L - 2), column by column: a node reads the previous column
+        self.nested = nn.ModuleDict()
+        if self.nested_pathway:
+            for j in range(1, levels - 1):
+                for i in range(levels - 1 - j):
+                    width, c_in = features[i], (j + 1) * features[i]
+                    block = (
+                        DenseBlock(spatial_dims, c_in, width, dense_layers, norm, act, dropout)
+                        if self.skip == "dense"
+                        else mde_block(c_in, width)
+                    )
+                    self.nested[f"x{i}_{j}"] = NestedNode(i, j, up(i), block)
+
+        # the decoder, deepest level first: X^{i,L-1-i} of the nested pathway, else dense block of cat([up, skip])
         self.ups = nn.ModuleList()
         self.skips = nn.ModuleList()
         self.decoders = nn.ModuleList()
-        for level in reversed(range(len(features) - 1)):
-            width, deeper = features[level], features[level + 1]
-            self.ups.append(Conv[Conv.CONVTRANS, spatial_dims](deeper, width, kernel_size=2, stride=2))
-            self.skips.append(
-                MDE(spatial_dims, width, mde_scales, mde_alpha, mde_enhance, mde_fusion, learnable_filters, norm, act)
-                if mde
-                else nn.Identity()
-            )
-            self.decoders.append(DenseBlock(spatial_dims, 2 * width, width, dense_layers, norm, act, dropout))
+        for level in reversed(range(levels - 1)):
+            width = features[level]
+            self.ups.append(up(level))
+            if self.nested_pathway:
+                c_in = (levels - level) * width  # up, X^{i,0}, ..., X^{i,L-2-i}
+            else:
+                self.skips.append(mde_block(width) if self.skip == "mde" else nn.Identity())
+                c_in = 2 * width
+            self.decoders.append(DenseBlock(spatial_dims, c_in, width, dense_layers, norm, act, dropout))
         self.head = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
+        self.register_load_state_dict_pre_hook(_fold_legacy_up_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = tuple(x.shape[2:])
-        if len(spatial) != self.spatial_dims or any(s % self.divisor for s in spatial):
+        spatial = x.shape[2:]
+        divisible = len(spatial) == self.spatial_dims
+        for s in spatial:
+            divisible = divisible and s % self.divisor == 0
+        if not divisible:
             raise ValueError(
                 f"EDU expects {self.spatial_dims} spatial dimensions each divisible by {self.divisor}, "
-                f"got input shape {tuple(x.shape)}."
+                f"got input shape {_shape_text(x.shape)}."
             )
-        skips = []
+        skips: List[torch.Tensor] = []
         for i, encoder in enumerate(self.encoders):
             x = encoder(x if i == 0 else self.pool(x))
             skips.append(x)
+        if self.nested_pathway:
+            return self.head(self._nested_decoder(skips))
         x = skips.pop()
         for up, skip, decoder in zip(self.ups, self.skips, self.decoders):
             x = decoder(torch.cat([up(x), skip(skips.pop())], dim=1))
         return self.head(x)
+
+    def _nested_decoder(self, encoded: List[torch.Tensor]) -> torch.Tensor:
+        """The nested pathway and its decoder on the encoder outputs ``X^{i,0}``; returns ``X^{0,L-1}``."""
+        grid: List[List[torch.Tensor]] = [[e] for e in encoded]  # grid[i][j] = X^{i,j}
+        for node in self.nested.values():  # column by column, so X^{i+1,j-1} and X^{i,:j} exist
+            grid[node.row].append(node(grid[node.row + 1][node.col - 1], grid[node.row][: node.col]))
+        x = grid[-1][0]
+        level = len(grid) - 2
+        for up, decoder in zip(self.ups, self.decoders):
+            x = decoder(torch.cat([up(x)] + grid[level], dim=1))
+            level -= 1
+        return x
+
+
+def _skip_pathway(skip: str | None, mde: bool | None) -> str:
+    """``EDU``'s skip pathway from ``skip`` and the earlier switch ``mde`` (see :class:`EDU`)."""
+    if skip is None:
+        return "plain" if mde is False else "mde"
+    if skip not in SKIP_PATHWAYS:
+        raise ValueError(f"EDU: skip must be one of {SKIP_PATHWAYS}, got {skip!r}.")
+    if mde is not None and bool(mde) != (skip in ("mde", "dense_mde")):
+        raise ValueError(
+            f"EDU: mde={mde} contradicts skip={skip!r} (mde=True goes with 'mde' or 'dense_mde', mde=False with "
+            "'plain' or 'dense'); give skip alone."
+        )
+    return skip
+
+
+def _fold_legacy_up_bias(module: EDU, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: fold the up-convolution biases of an earlier version into the running means.
+
+    Decoder ``k`` reads ``cat([ups[k](x) + b, skip])``, and each norm of its dense block normalises those first
+    ``len(b)`` channels; in eval mode ``(x + b - m) / s == (x - (m - b)) / s``, so the bias goes into every running
+    mean of the block (in training the batch mean removes it anyway). Norms without running statistics drop it.
+    """
+    for k, decoder in enumerate(module.decoders):
+        key = f"{prefix}ups.{k}.bias"
+        if key not in state_dict:
+            continue
+        bias = state_dict.pop(key)
+        for name, _ in decoder.named_modules():
+            mean_key = f"{prefix}decoders.{k}.{name}.running_mean"  # the norms' running means, where they keep them
+            if mean_key in state_dict:
+                mean = state_dict[mean_key].clone()
+                mean[: bias.numel()] -= bias.to(mean.dtype)
+                state_dict[mean_key] = mean
+
+
+def _shape_text(shape: List[int]) -> str:
+    """``(1, 1, 16, 20)``: a shape as Python prints a tuple, in eager and scripted code alike."""
+    return "(" + ", ".join([str(s) for s in shape]) + ")"
 
 
 def _split(spec) -> tuple[str, dict]:

@@ -10,7 +10,8 @@ Two configurations are provided as presets:
 
 In 3D the up-sampling factor may differ per axis, e.g. ``scale=(1, 1, 4)`` up-samples only the slice axis of a
 ``(B, C, H, W, D)`` volume. The discriminator exposes the feature map after each stride-2 stage for feature-matching
-content losses, which need no pretrained weights.
+content losses, which need no pretrained weights. Both networks compile with ``torch.jit.script`` (shapes are handled
+as lists: no starred unpacking or generators in ``forward``), so ``monai.bundle ckpt_export`` needs no tracing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from monai.networks.blocks import Convolution, SubpixelUpsample, UpSample
 from monai.networks.layers.factories import Act, Conv, Pool
 from monai.networks.layers.utils import get_act_layer
 from monai.utils import ensure_tuple_rep
+
+from .blocks.shapes import sizes_text
 
 __all__ = [
     "ResidualDenseBlock",
@@ -75,25 +78,30 @@ def _x2_stages(factors: Sequence[int]) -> list[tuple[int, ...]]:
     return [tuple(2 if f > 2**k else 1 for f in factors) for k in range(n_stages)]
 
 
-def pixel_shuffle_per_axis(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
+def pixel_shuffle_per_axis(x: torch.Tensor, factors: list[int]) -> torch.Tensor:
     """Pixel shuffle with one factor per spatial axis.
 
     Rearranges ``(B, C * prod(factors), S_1, ..., S_n)`` into ``(B, C, S_1 * f_1, ..., S_n * f_n)`` with the same
     channel ordering as ``torch.nn.PixelShuffle`` and :py:func:`monai.networks.utils.pixelshuffle`, to which it reduces
-    when all factors are equal.
+    when all factors are equal. ``factors`` is any sequence of ints in Python (a list in TorchScript, which compiles
+    this function).
     """
+    factors = [int(f) for f in factors]
     dims = len(factors)
     if x.ndim != dims + 2:
-        raise ValueError(f"expected a {dims + 2}D tensor (B, C, *spatial) for factors {tuple(factors)}, got {x.ndim}D.")
-    batch, channels, *spatial = x.shape
-    divisor = math.prod(factors)
+        raise ValueError(f"expected a {dims + 2}D tensor (B, C, *spatial) for factors {factors}, got {x.ndim}D.")
+    batch, channels = x.shape[0], x.shape[1]
+    spatial = x.shape[2:]
+    divisor = 1
+    for f in factors:
+        divisor *= f
     if channels % divisor:
         raise ValueError(f"channels ({channels}) must be divisible by prod(factors) = {divisor}.")
-    x = x.reshape(batch, channels // divisor, *factors, *spatial)
+    x = x.reshape([batch, channels // divisor] + factors + list(spatial))
     perm = [0, 1]
     for i in range(dims):
         perm += [2 + dims + i, 2 + i]  # (spatial_i, factor_i) pairs
-    return x.permute(perm).reshape(batch, channels // divisor, *(s * f for s, f in zip(spatial, factors)))
+    return x.permute(perm).reshape([batch, channels // divisor] + [s * f for s, f in zip(spatial, factors)])
 
 
 class ResidualDenseBlock(nn.Module):
@@ -192,8 +200,8 @@ class SqueezeExcitation(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        w = self.fc(self.avg_pool(x).view(b, c)).view(b, c, *([1] * (x.ndim - 2)))
+        b, c = x.shape[0], x.shape[1]
+        w = self.fc(self.avg_pool(x).view(b, c)).view([b, c] + [1] * (x.ndim - 2))
         return x * w
 
 
@@ -259,7 +267,7 @@ class _AnisotropicSubpixel(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int, factors: tuple[int, ...]) -> None:
         super().__init__()
-        self.factors = factors
+        self.factors = list(factors)
         self.conv_block = _conv3(spatial_dims, channels, channels * math.prod(factors))
         # ICNR (Aitken et al. 2017): all sub-pixel positions of an output channel start from the same kernel
         sub = torch.empty(channels, *self.conv_block.weight.shape[1:], device=self.conv_block.weight.device)
@@ -371,9 +379,10 @@ class RRDBNet(nn.Module):
         feat = feat + self.conv_body(self.body(feat))
         feat = self.se(self.upsample(feat))
         out = self.conv_last(self.lrelu(self.conv_hr(feat)))
-        if self.interpolation_skip is not None:
-            align = None if self.interpolation_skip == "nearest" else False
-            base = F.interpolate(x.float(), size=out.shape[2:], mode=self.interpolation_skip, align_corners=align)
+        skip = self.interpolation_skip
+        if skip is not None:
+            align: bool | None = None if skip == "nearest" else False
+            base = F.interpolate(x.float(), size=out.shape[2:], mode=skip, align_corners=align)
             out = out + base.to(out.dtype)
         return out
 
@@ -542,6 +551,9 @@ class VGGStyleDiscriminator(nn.Module):
         self.stages = nn.ModuleList(stages)
 
         self.in_shape: tuple[int, ...] | None = None
+        # in_shape as a list, what forward compares (never empty, so that TorchScript can type it; unused without fc)
+        self._fixed_size = head == "fc"
+        self._in_sizes = [0] * spatial_dims
         if head == "fc":
             if in_shape is None:
                 raise ValueError(
@@ -549,6 +561,7 @@ class VGGStyleDiscriminator(nn.Module):
                     "use head='patch' or 'gap' for inputs of any size."
                 )
             self.in_shape = tuple(int(s) for s in ensure_tuple_rep(in_shape, spatial_dims))
+            self._in_sizes = list(self.in_shape)
             out_shape = self.output_spatial_shape(self.in_shape)
             self.head: nn.Module = nn.Sequential(
                 nn.Flatten(1),
@@ -569,14 +582,17 @@ class VGGStyleDiscriminator(nn.Module):
 
     def output_spatial_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """Spatial size after the stride-2 stages for an input of ``spatial_shape``; raises if any axis is too small."""
-        shape = tuple(int(s) for s in spatial_shape)
-        out = shape
-        for _ in self.stages:
-            out = tuple((s + 2 - self.down_kernel_size) // 2 + 1 for s in out)
+        return tuple(self._reduced_sizes([int(s) for s in spatial_shape]))
+
+    def _reduced_sizes(self, sizes: list[int]) -> list[int]:
+        """:meth:`output_spatial_shape` on a list (TorchScript compiles this one)."""
+        out = sizes
+        for _ in range(len(self.stages)):
+            out = [(s + 2 - self.down_kernel_size) // 2 + 1 for s in out]
         if min(out) < 1:
             raise ValueError(
-                f"input spatial shape {shape} is too small for {len(self.stages)} stride-2 stages "
-                f"(need at least {2 ** len(self.stages)} per axis)."
+                f"input spatial shape {sizes_text(sizes)} is too small for {len(self.stages)} stride-2 stages "
+                f"(need at least {int(2 ** len(self.stages))} per axis)."
             )
         return out
 
@@ -592,16 +608,19 @@ class VGGStyleDiscriminator(nn.Module):
             the logits (``(B, 1)`` for the fc/gap heads, ``(B, 1, *reduced_spatial)`` for the patch head), or
             ``(logits, features)`` when ``return_features`` is true.
         """
-        spatial = tuple(x.shape[2:])
-        if self.in_shape is not None and spatial != self.in_shape:
+        spatial = list(x.shape[2:])
+        if self._fixed_size and spatial != self._in_sizes:
             raise ValueError(
-                f"VGGStyleDiscriminator(head='fc') was built for in_shape={self.in_shape} but got an input of "
-                f"spatial shape {spatial}; crop or resize the input, or use head='patch' or 'gap' for any size."
+                f"VGGStyleDiscriminator(head='fc') was built for in_shape={sizes_text(self._in_sizes)} but got an "
+                f"input of spatial shape {sizes_text(spatial)}; crop or resize the input, or use head='patch' or 'gap' "
+                "for any size."
             )
-        self.output_spatial_shape(spatial)
-        features = []
+        self._reduced_sizes(spatial)
+        features: list[torch.Tensor] = []
         for stage in self.stages:
             x = stage(x)
             features.append(x)
         logits = self.head(x)
-        return (logits, features) if return_features else logits
+        if return_features:
+            return logits, features
+        return logits

@@ -8,6 +8,11 @@ arguments ``HEMF(spatial_dims=2, in_channels=3, num_classes=7)`` has 68,269,367 
 
 In 3D the row/column retention becomes three axial passes (W, then H, then D) with a 1D Manhattan decay mask per axis;
 external attention runs over the flattened ``D*H*W`` tokens and the spatial attention uses a ``7x7x7`` kernel.
+
+Every ``forward`` compiles with ``torch.jit.script`` (no starred unpacking, generators, closures or modules passed as
+arguments; lists for shapes) and exports to ONNX through both of PyTorch's exporters at any input size: ``movedim``
+is always given a non-negative source axis, because the TorchScript-based ONNX exporter (``dynamo=False``, torch 2.13)
+writes a negative source as a negative ``Transpose`` permutation that ONNX rejects.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from .blocks.attention import ChannelAttention, MultiHeadExternalAttention, SpatialAttention
+from .blocks.shapes import divisible_spatial, shape_text
 
 __all__ = [
     "ChannelsFirstLayerNorm",
@@ -55,7 +61,7 @@ class ChannelsFirstLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x.movedim(1, -1), self.weight.shape, self.weight, self.bias, self.eps)
-        return x.movedim(-1, 1)
+        return x.movedim(x.ndim - 1, 1)  # (a non-negative source axis throughout: see the module docstring)
 
 
 class ELFBlock(nn.Module):
@@ -82,7 +88,8 @@ class ELFBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(self.norm(self.conv(x)))
-        y = self.pwconv(y.movedim(1, -1)).movedim(-1, 1)
+        y = self.pwconv(y.movedim(1, -1))
+        y = y.movedim(y.ndim - 1, 1)
         return x + self.drop_path(self.act(y))
 
 
@@ -119,13 +126,18 @@ class RetentionRelPos(nn.Module):
         self.register_buffer("angle", angle.repeat_interleave(2), persistent=False)
         self.register_buffer("decay", decay, persistent=False)
 
-    def forward(
-        self, spatial_shape: Sequence[int]
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
-        """Return ``((sin, cos), masks)``: sin/cos of shape ``(*spatial, d)``, one ``(heads, L, L)`` mask per axis."""
-        index = torch.arange(math.prod(spatial_shape)).to(self.decay)
-        phase = (index[:, None] * self.angle[None, :]).reshape(*spatial_shape, -1)
-        masks = []
+    def forward(self, spatial_shape: list[int]) -> tuple[tuple[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
+        """Return ``((sin, cos), masks)``: sin/cos of shape ``(*spatial, d)``, one ``(heads, L, L)`` mask per axis.
+
+        ``spatial_shape`` is any sequence of ints in Python (a list in TorchScript).
+        """
+        spatial_shape = list(spatial_shape)  # (not int(s): that would fix symbolic sizes under torch.export)
+        tokens = 1
+        for length in spatial_shape:
+            tokens *= length
+        index = torch.arange(tokens).to(self.decay)
+        phase = (index[:, None] * self.angle[None, :]).reshape(spatial_shape + [-1])
+        masks: list[torch.Tensor] = []
         for length in spatial_shape:
             pos = torch.arange(length).to(self.decay)
             masks.append((pos[:, None] - pos[None, :]).abs() * self.decay[:, None, None])
@@ -163,27 +175,33 @@ class AxialRetention(nn.Module):
     def forward(
         self, x: torch.Tensor, rel_pos: tuple[tuple[torch.Tensor, torch.Tensor], list[torch.Tensor]]
     ) -> torch.Tensor:
-        b, *spatial, c = x.shape
+        # written for TorchScript too: no starred unpacking, generators or closures
+        b, c = x.shape[0], x.shape[-1]
+        spatial = list(x.shape[1:-1])
         n = len(spatial)
-        (sin, cos), masks = rel_pos
+        sin, cos = rel_pos[0]
+        masks = rel_pos[1]
         v = self.v_proj(x)
-        lepe = self.lepe(v.movedim(-1, 1)).movedim(1, -1)
-
-        def heads_first(t: torch.Tensor) -> torch.Tensor:  # (B, *S, C) -> (B, heads, *S, d)
-            return t.reshape(b, *spatial, self.num_heads, self.head_dim).movedim(-2, 1)
-
-        q = _theta_shift(heads_first(self.q_proj(x)), sin, cos)
-        k = _theta_shift(heads_first(self.k_proj(x) * self.scaling), sin, cos)
-        v = heads_first(v)
-        for axis in reversed(range(n)):  # W, then H (then D)
+        lepe = self.lepe(v.movedim(v.ndim - 1, 1)).movedim(1, -1)
+        q = _theta_shift(self._heads_first(self.q_proj(x)), sin, cos)
+        k = _theta_shift(self._heads_first(self.k_proj(x) * self.scaling), sin, cos)
+        v = self._heads_first(v)
+        for i in range(n):
+            axis = n - 1 - i  # W, then H (then D)
             dim = 2 + axis
             length = spatial[axis]
-            qa, ka, va = (t.movedim(dim, -2) for t in (q, k, v))
-            mask = masks[axis].reshape(self.num_heads, *([1] * (n - 1)), length, length)
+            qa, ka, va = q.movedim(dim, -2), k.movedim(dim, -2), v.movedim(dim, -2)
+            mask = masks[axis].reshape([self.num_heads] + [1] * (n - 1) + [length, length])
             attn = torch.softmax(qa @ ka.transpose(-1, -2) + mask, dim=-1)
-            v = (attn @ va).movedim(-2, dim)
-        out = v.movedim(1, -2).reshape(b, *spatial, c)
+            v = attn @ va
+            v = v.movedim(v.ndim - 2, dim)
+        out = v.movedim(1, -2).reshape([b] + spatial + [c])
         return self.out_proj(out + lepe)
+
+    def _heads_first(self, t: torch.Tensor) -> torch.Tensor:
+        """``(B, *S, C) -> (B, heads, *S, d)``."""
+        t = t.reshape(list(t.shape[:-1]) + [self.num_heads, self.head_dim])
+        return t.movedim(t.ndim - 2, 1)
 
 
 class EGFBlock(nn.Module):
@@ -225,11 +243,11 @@ class EGFBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.movedim(1, -1)
-        rel_pos = self.rel_pos(x.shape[1:-1])
+        rel_pos = self.rel_pos(list(x.shape[1:-1]))
         for retention, ffn in zip(self.retentions, self.ffns):
             x = self.norm1(x + retention(x, rel_pos))
             x = self.norm2(x + ffn(x))
-        return x.movedim(-1, 1)
+        return x.movedim(x.ndim - 1, 1)
 
 
 def _conv_norm(
@@ -368,19 +386,33 @@ class HEFBlock(nn.Module):
         return x * ca(x)
 
     def forward(self, local: torch.Tensor, glob: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        # TorchScript: ``hasattr`` on a module is decided when compiling, so a path whose layers were not built is not
+        # compiled; the first stage's shortcut is a zero tensor (one type for both paths)
         w_local, w_global = self.w_l(local), self.w_g(glob)
         if previous is not None:
-            if not hasattr(self, "fuse3"):
+            if hasattr(self, "fuse3"):
+                shortcut = self.pool(self.up(previous))
+                x_f = self.act(self.fuse3(self.norm_fuse3(torch.cat([shortcut, w_local, w_global], dim=1))))
+            else:
                 raise RuntimeError("this HEFBlock was built with fuse_previous=False but received a previous output.")
-            shortcut: torch.Tensor | float = self.pool(self.up(previous))
-            x_f = self.act(self.fuse3(self.norm_fuse3(torch.cat([shortcut, w_local, w_global], dim=1))))
         else:
-            if not hasattr(self, "fuse2"):
+            if hasattr(self, "fuse2"):
+                x_f = self.act(self.fuse2(self.norm_fuse2(torch.cat([w_local, w_global], dim=1))))
+                shortcut = x_f.new_zeros(())
+            else:
                 raise RuntimeError("this HEFBlock was built with fuse_previous=True but received no previous output.")
-            shortcut = 0.0
-            x_f = self.act(self.fuse2(self.norm_fuse2(torch.cat([w_local, w_global], dim=1))))
-        local = self._attend(local, self.norm_l, self.mhea_l, self.sa_l, self.ca_l)
-        glob = self._attend(glob, self.norm_g, self.mhea_g, self.sa_g, self.ca_g)
+        if torch.jit.is_scripting():  # modules cannot be arguments in TorchScript: _attend written out per branch
+            local = self.norm_l(local)
+            local = self.norm_l(local * self.mhea_l(local))
+            local = local * self.sa_l(local)
+            local = local * self.ca_l(local)
+            glob = self.norm_g(glob)
+            glob = self.norm_g(glob * self.mhea_g(glob))
+            glob = glob * self.sa_g(glob)
+            glob = glob * self.ca_g(glob)
+        else:
+            local = self._attend(local, self.norm_l, self.mhea_l, self.sa_l, self.ca_l)
+            glob = self._attend(glob, self.norm_g, self.mhea_g, self.sa_g, self.ca_g)
         fused = self.mlp(self.norm_out(torch.cat([glob, local, x_f], dim=1)))
         return shortcut + self.drop_path(fused)
 
@@ -526,18 +558,21 @@ class HEMF(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != self.spatial_dims + 2 or any(s % self.size_divisor for s in x.shape[2:]):
+        if not divisible_spatial(x, self.spatial_dims, self.size_divisor):
+            axes = "D, H, W" if self.spatial_dims == 3 else "H, W"
             raise ValueError(
-                f"HEMF expects a (B, C, {'D, ' if self.spatial_dims == 3 else ''}H, W) input with every spatial size "
-                f"divisible by {self.size_divisor}, got shape {tuple(x.shape)}."
+                f"HEMF expects a (B, C, {axes}) input with every spatial size "
+                f"divisible by {self.size_divisor}, got shape {shape_text(x)}."
             )
-        local, glob, fused = x, x, None
+        local, glob = x, x
+        fused: torch.Tensor | None = None
         for down_l, stage_l, down_g, stage_g, fusion in zip(
             self.local_downsamples, self.local_stages, self.global_downsamples, self.global_stages, self.fusions
         ):
             glob = stage_g(down_g(glob))
             local = stage_l(down_l(local))
             fused = fusion(local, glob, fused)
+        assert fused is not None  # (there is at least one stage)
         return self.head(self.norm(fused.flatten(2).mean(-1)))
 
 

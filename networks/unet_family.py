@@ -14,9 +14,28 @@ Deliberate deviations from the Keras code, all of which leave the parameter coun
   post-processing (``Activations``), as MONAI networks do.
 - **No input scaling inside the network.** The Keras models divide the input by 255 when its maximum exceeds 1; that
   is a transform (``ScaleIntensityRange``/``ScaleIntensity``), not a layer.
-- **Initialisation.** Keras used He-normal for most convolutions and Glorot-uniform for the rest; here every
-  convolution, transposed convolution and linear layer gets He-normal (``kaiming_normal_``, fan-in, ReLU gain) weights
-  and zero biases. Normalisation layers keep PyTorch's defaults (weight 1, bias 0).
+
+Equal to the Keras originals by default:
+
+- **BatchNorm statistics.** ``norm="batch"`` builds Keras ``BatchNormalization()`` layers: ``momentum=0.01`` (Keras
+  ``momentum=0.99`` weights the *old* running value, PyTorch's ``momentum`` the new batch one: running = 0.99 * running
+  + 0.01 * batch) and ``eps=1e-3`` (PyTorch: 0.1 and 1e-5). ``norm=("batch", {"momentum": 0.1, "eps": 1e-5})`` keeps
+  PyTorch's; any argument given in the tuple wins over the Keras value (:func:`keras_norm`). Other norms are left as
+  they are. (Keras updates the running variance with the biased batch variance, PyTorch with the unbiased one; that
+  difference of ``n / (n - 1)`` is not reproduced.)
+- **Initialisation.** Each layer gets the ``kernel_initializer`` of its Keras counterpart: He-normal (Keras's truncated
+  normal, :func:`keras_he_normal_`) where the helpers ask for ``'he_normal'``, Glorot-uniform (the Keras default)
+  everywhere else, zero biases. U-Net: every 3x3 convolution He, the transposed convolutions and the 1x1 output
+  Glorot. UNet++: every 3x3 convolution and the 1x1 output He (the deep-supervision heads, which Keras lacks, too),
+  the transposed convolutions Glorot. ResUNet and ResUNet++: the stem's two 3x3 convolutions and its 1x1 shortcut He,
+  and in ResUNet++ the squeeze-excite dense layers He; every other convolution Glorot. Normalisation layers start at
+  weight 1, bias 0 in both frameworks.
+
+UNet++ deep supervision (Zhou et al., DLMIA 2018), off by default: ``deep_supervision=True`` adds a 1x1 head on each of
+X^{0,1}, X^{0,2}, X^{0,3} besides the X^{0,4} output. In training mode the network returns the list of the four heads'
+logits (``monai.losses.DeepSupervisionLoss`` takes it as is; :func:`pipelines.losses.deep_supervision_loss` wraps a
+bundle's loss); in eval mode ``ds_mode="accurate"`` returns the average of the four heads and ``ds_mode="fast"`` the
+head ``ds_head`` alone, computing only the nodes that head depends on (the pruned UNet++).
 
 Quirks kept on purpose, each behind an argument so that the textbook variant is one flag away:
 
@@ -36,14 +55,18 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Conv, Pool
+from monai.networks.layers.factories import Conv, Pool, split_args
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 __all__ = [
     "UNET_TEACHING_DROPOUT",
     "UNETPP_TEACHING_DROPOUT",
+    "KERAS_BATCHNORM",
+    "keras_norm",
+    "keras_he_normal_",
     "DoubleConv",
     "Down",
     "UpCat",
@@ -78,11 +101,34 @@ _DEPTH = 5  # number of resolution levels of U-Net, UNet++ and ResUNet (4 poolin
 # --------------------------------------------------------------------------------------------------------------------
 
 
+#: Keras ``BatchNormalization()`` defaults in PyTorch terms: Keras ``momentum=0.99`` is the weight of the old running
+#: value, PyTorch's ``momentum`` the weight of the new batch statistic, so 0.99 becomes 0.01; Keras ``epsilon=1e-3``.
+KERAS_BATCHNORM: dict[str, float] = {"momentum": 0.01, "eps": 1e-3}
+
+_BATCH_NORMS = ("BATCH", "SYNCBATCH")  # MONAI Norm factory names of batch normalisation
+
+
+def keras_norm(norm: str | tuple | list | None) -> str | tuple | None:
+    """A MONAI norm spec with the Keras BatchNorm defaults filled in (:data:`KERAS_BATCHNORM`).
+
+    ``"batch"`` becomes ``("batch", {"momentum": 0.01, "eps": 0.001})``; arguments given in a tuple win, so
+    ``("batch", {"momentum": 0.1, "eps": 1e-5})`` keeps PyTorch's defaults. Other norms and ``None`` are returned as
+    they are. (MONAI's factories have no per-network default arguments, hence this helper.)
+    """
+    if norm is None:
+        return None
+    name, args = split_args(norm)
+    if str(name).upper() not in _BATCH_NORMS:
+        return norm
+    return (name, {**KERAS_BATCHNORM, **args})
+
+
 def _norm(norm: str | tuple | None, spatial_dims: int, channels: int) -> nn.Module:
-    """A normalisation layer from a MONAI factory spec, or ``nn.Identity`` when ``norm`` is ``None``."""
+    """A normalisation layer from a MONAI factory spec (Keras defaults for batch norm, :func:`keras_norm`), or
+    ``nn.Identity`` when ``norm`` is ``None``."""
     if norm is None:
         return nn.Identity()
-    return get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=channels)
+    return get_norm_layer(name=keras_norm(norm), spatial_dims=spatial_dims, channels=channels)
 
 
 def _conv(
@@ -109,29 +155,59 @@ def _rates(dropout: float | Sequence[float] | None, n: int, name: str) -> tuple[
     return rates
 
 
+def _shape_text(shape: list[int]) -> str:
+    """``(1, 1, 36, 32)``: a shape written as a tuple (TorchScript has no ``tuple(x.shape)``)."""
+    return "(" + ", ".join([str(s) for s in shape]) + ("," if len(shape) == 1 else "") + ")"
+
+
 def _check_input(x: torch.Tensor, spatial_dims: int, factor: int, name: str) -> None:
     """Raise ``ValueError`` unless ``x`` is ``(B, C, *spatial)`` with every spatial size divisible by ``factor``."""
-    if x.ndim != spatial_dims + 2:
+    if x.dim() != spatial_dims + 2:
         raise ValueError(
             f"{name} (spatial_dims={spatial_dims}) expects a {spatial_dims + 2}D input (B, C, *spatial), "
-            f"got shape {tuple(x.shape)}."
+            f"got shape {_shape_text(x.shape)}."
         )
-    spatial = tuple(x.shape[2:])
-    if any(s % factor for s in spatial):
-        raise ValueError(
-            f"{name}: input shape {tuple(x.shape)} has spatial size {spatial}, which is not divisible by {factor} "
-            f"(the network down-samples {int(math.log2(factor))} times by 2); pad or crop the input, e.g. with "
-            f"DivisiblePadd(k={factor})."
-        )
+    spatial = x.shape[2:]
+    for s in spatial:
+        if s % factor != 0:
+            times = 0
+            f = factor
+            while f > 1:
+                f = f // 2
+                times += 1
+            raise ValueError(
+                f"{name}: input shape {_shape_text(x.shape)} has spatial size {_shape_text(spatial)}, which is not "
+                f"divisible by {factor} (the network down-samples {times} times by 2); pad or crop the input, e.g. "
+                f"with DivisiblePadd(k={factor})."
+            )
 
 
-def _he_init(module: nn.Module) -> None:
-    """He-normal (fan-in, ReLU gain) weights and zero biases for every convolution and linear layer."""
+def keras_he_normal_(tensor: torch.Tensor) -> torch.Tensor:
+    """Keras ``'he_normal'`` in place: a normal of standard deviation ``sqrt(2 / fan_in) / 0.8796...`` truncated at two
+    standard deviations (Keras ``VarianceScaling(2.0, "fan_in", "truncated_normal")``; the divisor restores the
+    variance ``2 / fan_in`` that the truncation removes). PyTorch's ``kaiming_normal_`` is the untruncated normal.
+
+    ``fan_in`` is ``tensor.shape[1] * prod(kernel)``, which is Keras's fan-in for convolution and dense kernels alike.
+    """
+    fan_in = tensor.shape[1] * math.prod(tensor.shape[2:])
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+def _keras_init(module: nn.Module, he_normal: Sequence[nn.Module]) -> None:
+    """Keras initialisation: Glorot-uniform weights (the Keras default) and zero biases for every convolution,
+    transposed convolution and linear layer of ``module``, then He-normal weights for the layers in ``he_normal`` and
+    every layer inside them (the ones the Keras helpers build with ``kernel_initializer='he_normal'``)."""
+    layers = (nn.modules.conv._ConvNd, nn.Linear)
     for m in module.modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        if isinstance(m, layers):
+            nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    for group in he_normal:
+        for m in group.modules():
+            if isinstance(m, layers):
+                keras_he_normal_(m.weight)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -158,12 +234,14 @@ class DoubleConv(nn.Sequential):
             in_channels: number of input channels.
             out_channels: number of output channels of both convolutions.
             act: activation type and arguments.
-            norm: feature normalisation type and arguments; ``None`` for none (the Keras default).
+            norm: feature normalisation type and arguments; ``None`` for none (the Keras default); batch norm gets
+                the Keras defaults (:func:`keras_norm`).
             dropout: dropout rate; 0 for none.
             dropout_each: apply the dropout after each convolution (UNet++) rather than once after the block (U-Net).
         """
         super().__init__()
         drop = dropout if dropout > 0 else None
+        norm = keras_norm(norm)
         for i, c_in in enumerate((in_channels, out_channels)):
             self.add_module(
                 f"conv_{i}",
@@ -248,10 +326,10 @@ class UpCat(nn.Module):
             spatial_dims, up_channels + skip_channels, out_channels, act, norm, dropout, dropout_each
         )
 
-    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``; ``skips``: tensors ``(B, c_k, *2S)``; returns ``(B, out_channels, *2S)``."""
         up = self.up(x)
-        parts = [up, *skips] if self.up_first else [*skips, up]
+        parts = [up] + skips if self.up_first else skips + [up]
         return self.convs(torch.cat(parts, dim=1))
 
 
@@ -285,7 +363,7 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, C, *S)``; returns ``x`` scaled per channel, same shape."""
         w = self.fc(x.flatten(2).mean(dim=2))
-        return x * w.view(*w.shape, *([1] * (x.ndim - 2)))
+        return x * w.reshape(list(w.shape) + [1] * (x.dim() - 2))
 
 
 class ResidualStem(nn.Module):
@@ -580,7 +658,7 @@ class UNet(nn.Module):
         base_filters: width of the first level; level k has ``base_filters * 2**k`` channels.
         act: activation type and arguments.
         norm: feature normalisation after each convolution; ``None`` (the Keras default ``use_batchnorm=False``) or a
-            MONAI spec such as ``"batch"``.
+            MONAI spec such as ``"batch"`` (Keras's ``use_batchnorm=True``, its momentum and eps: :func:`keras_norm`).
         dropout: dropout after each level's double convolution, off by default. ``None``/0 for none, one rate for all
             levels, or five per-level rates (level 1 .. bottleneck); a decoder level re-uses the rate of its encoder
             level. :data:`UNET_TEACHING_DROPOUT` ``(0, 0.1, 0.2, 0.2, 0.3)`` reproduces ``act_dropout=True``.
@@ -601,6 +679,7 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.spatial_dims = spatial_dims
         self.factor = 2 ** (_DEPTH - 1)
+        self._name = type(self).__name__
         f = [base_filters * 2**k for k in range(_DEPTH)]
         p = _rates(dropout, _DEPTH, "UNet")
 
@@ -612,11 +691,12 @@ class UNet(nn.Module):
             for k in reversed(range(_DEPTH - 1))
         )
         self.final_conv = Conv[Conv.CONV, spatial_dims](f[0], out_channels, kernel_size=1)
-        _he_init(self)
+        # Keras: He for every 3x3 convolution; Glorot for the transposed convolutions and the 1x1 output
+        _keras_init(self, [self.conv_0, self.downs, *(up.convs for up in self.ups)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``, sizes divisible by 16; returns logits ``(B, out_channels, *S)``."""
-        _check_input(x, self.spatial_dims, self.factor, type(self).__name__)
+        _check_input(x, self.spatial_dims, self.factor, self._name)
         skips = [self.conv_0(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
@@ -627,14 +707,31 @@ class UNet(nn.Module):
 
 
 class UNetPlusPlus(nn.Module):
-    """Teaching UNet++ (Keras ``unetplusplus_model`` of RezaSaadatyar/Medical-Image-Processing).
+    """Teaching UNet++ (Keras ``unetplusplus_model`` of RezaSaadatyar/Medical-Image-Processing), with optional deep
+    supervision (Zhou et al., "UNet++: A Nested U-Net Architecture for Medical Image Segmentation", DLMIA 2018).
 
     Nested dense-skip grid X^{i,j} of depth 4 (rows i = 0..4 of widths ``base_filters * 2**i``, i + j <= 4). Column 0
     is a plain encoder (double conv, MaxPool 2 between rows). Node X^{i,j}, j >= 1, is a double convolution of
     ``concat[ConvTranspose2x2(X^{i+1,j-1}), X^{i,0}, ..., X^{i,j-1}]``; the transposed convolution outputs
-    ``base_filters * 2**i`` channels. No deep supervision: a 1x1 convolution on X^{0,4} gives the output.
+    ``base_filters * 2**i`` channels. A 1x1 convolution on X^{0,4} gives the output (``final_conv``), as in Keras.
     Quirk of the teaching code: X^{0,3} has ``2 * base_filters`` channels (``x03_quirk``).
     Base 16, 3 -> 1 channels, 2D: 2,280,353 parameters (3D, 1 -> 2: 6,606,258).
+
+    **Deep supervision** (``deep_supervision=True``; the Keras helper has none): three more 1x1 heads,
+    ``final_conv_0_1``, ``final_conv_0_2``, ``final_conv_0_3``, on X^{0,1}, X^{0,2}, X^{0,3} (the X^{0,4} head stays
+    ``final_conv``, so its weights load into a network without deep supervision and back).
+
+    - Training mode: the list ``[head_1, head_2, head_3, head_4]`` of the heads' logits, each ``(B, out_channels, *S)``,
+      in column order (as MONAI's ``BasicUNetPlusPlus``). ``monai.losses.DeepSupervisionLoss`` accepts that list as
+      is (it weights a list or tuple head by head; a stacked tensor, DynUNet's form, it would treat as one
+      prediction); :func:`pipelines.losses.deep_supervision_loss` wraps a bundle's loss with the paper's equal weights.
+    - Eval mode, ``ds_mode="accurate"``: the average of the four heads. The paper averages the heads' sigmoid
+      outputs; here the output stays logits, so ``ds_average`` says what is averaged: ``"logits"`` (default, the mean
+      of the logits, activation-agnostic), ``"sigmoid"`` or ``"softmax"`` (the logits of the mean of the heads'
+      sigmoid / softmax probabilities: ``sigmoid(output)`` / ``softmax(output)`` is exactly the paper's average,
+      computed in log space so that saturated heads stay finite).
+    - Eval mode, ``ds_mode="fast"``: head ``ds_head`` alone, and only the nodes X^{i,k} with i + k <= ``ds_head``
+      are computed (the pruned UNet++ of that depth: 3, 6, 10 or 15 of the 15 nodes).
 
     Input ``(B, in_channels, *S)`` with every size in ``S`` divisible by 16; output ``(B, out_channels, *S)``
     **logits** (the Keras model applies sigmoid/softmax; here that belongs in the loss).
@@ -645,11 +742,17 @@ class UNetPlusPlus(nn.Module):
         out_channels: number of output channels (classes).
         base_filters: width of row 0; row i has ``base_filters * 2**i`` channels.
         act: activation type and arguments.
-        norm: feature normalisation after each convolution; ``None`` (Keras default) or e.g. ``"batch"``.
+        norm: feature normalisation after each convolution; ``None`` (Keras default) or e.g. ``"batch"`` (Keras
+            BatchNorm defaults, :func:`keras_norm`).
         dropout: dropout after *each* convolution of a node, as in the Keras code, off by default. ``None``/0 for none,
             one rate for all rows, or five per-row rates; :data:`UNETPP_TEACHING_DROPOUT` ``(0.1, 0.2, 0.2, 0.3, 0.3)``
             reproduces ``act_dropout=True``.
         x03_quirk: give X^{0,3} ``2 * base_filters`` channels as the teaching code does; ``False`` for the uniform grid.
+        deep_supervision: add the heads on X^{0,1..3} and return all four heads in training mode.
+        ds_mode: with deep supervision, the eval-mode output: ``"accurate"`` (average of the heads) or ``"fast"`` (one
+            head, pruned forward).
+        ds_head: the head of the fast mode: j of X^{0,j}, 1..4, or -1..-4 counted from the last (-1 is X^{0,4}).
+        ds_average: what the accurate mode averages: ``"logits"``, ``"sigmoid"`` or ``"softmax"`` probabilities.
     """
 
     def __init__(
@@ -662,12 +765,32 @@ class UNetPlusPlus(nn.Module):
         norm: str | tuple | None = None,
         dropout: float | Sequence[float] | None = None,
         x03_quirk: bool = True,
+        deep_supervision: bool = False,
+        ds_mode: str = "accurate",
+        ds_head: int = -1,
+        ds_average: str = "logits",
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"UNetPlusPlus: spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if not isinstance(deep_supervision, bool):
+            raise ValueError(
+                f"UNetPlusPlus: deep_supervision must be True or False, got {deep_supervision!r} "
+                f"({type(deep_supervision).__name__}); on the monai.bundle command line write \"$True\"."
+            )
+        if ds_mode not in ("accurate", "fast"):
+            raise ValueError(f"UNetPlusPlus: ds_mode must be 'accurate' or 'fast', got {ds_mode!r}.")
+        if ds_average not in ("logits", "sigmoid", "softmax"):
+            raise ValueError(f"UNetPlusPlus: ds_average must be 'logits', 'sigmoid' or 'softmax', got {ds_average!r}.")
+        if isinstance(ds_head, bool) or not isinstance(ds_head, int) or not (1 <= abs(ds_head) <= _DEPTH - 1):
+            raise ValueError(f"UNetPlusPlus: ds_head must be 1..4 (X^{{0,j}}) or -1..-4, got {ds_head!r}.")
         self.spatial_dims = spatial_dims
         self.factor = 2 ** (_DEPTH - 1)
+        self.deep_supervision = deep_supervision
+        self.ds_mode = ds_mode
+        self.ds_head = ds_head if ds_head > 0 else _DEPTH + ds_head  # j of X^{0,j}
+        self.ds_average = ds_average
+        self._name = type(self).__name__
         f = [base_filters * 2**i for i in range(_DEPTH)]
         p = _rates(dropout, _DEPTH, "UNetPlusPlus")
 
@@ -697,19 +820,88 @@ class UNetPlusPlus(nn.Module):
                     ),
                 )
         self.final_conv = Conv[Conv.CONV, spatial_dims](width(0, _DEPTH - 1), out_channels, kernel_size=1)
-        _he_init(self)
+        # deep-supervision heads on X^{0,1..3}; parameter-free placeholders without it (TorchScript needs the names)
+        for j in range(1, _DEPTH - 1):
+            head = Conv[Conv.CONV, spatial_dims](width(0, j), out_channels, kernel_size=1)
+            self.add_module(f"final_conv_0_{j}", head if self.deep_supervision else nn.Identity())
+        # Keras: He for every 3x3 convolution and the 1x1 output (the extra heads alike); Glorot for the transposed
+        # convolutions
+        he = [getattr(self, f"conv_{i}_0") for i in range(_DEPTH)]
+        he += [m.convs for m in self.children() if isinstance(m, UpCat)]
+        he += [self.final_conv] + [getattr(self, f"final_conv_0_{j}") for j in range(1, _DEPTH - 1)]
+        _keras_init(self, he)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(B, in_channels, *S)``, sizes divisible by 16; returns logits ``(B, out_channels, *S)``."""
-        _check_input(x, self.spatial_dims, self.factor, type(self).__name__)
-        grid: list[list[torch.Tensor]] = [[] for _ in range(_DEPTH)]
-        grid[0].append(self.conv_0_0(x))
-        for i in range(1, _DEPTH):
-            grid[i].append(getattr(self, f"conv_{i}_0")(grid[i - 1][0]))
-        for j in range(1, _DEPTH):
-            for i in range(_DEPTH - j):
-                grid[i].append(getattr(self, f"conv_{i}_{j}")(grid[i + 1][j - 1], grid[i][:j]))
-        return self.final_conv(grid[0][_DEPTH - 1])
+    def _top_row(self, x: torch.Tensor, depth: int) -> list[torch.Tensor]:
+        """``[X^{0,1}, ..., X^{0,depth}]``, computing only the nodes X^{i,k} with i + k <= ``depth``, one
+        anti-diagonal after the other (each node needs only nodes of the earlier anti-diagonals)."""
+        x00 = self.conv_0_0(x)
+        x10 = self.conv_1_0(x00)
+        x01 = self.conv_0_1(x10, [x00])
+        if depth == 1:
+            return [x01]
+        x20 = self.conv_2_0(x10)
+        x11 = self.conv_1_1(x20, [x10])
+        x02 = self.conv_0_2(x11, [x00, x01])
+        if depth == 2:
+            return [x01, x02]
+        x30 = self.conv_3_0(x20)
+        x21 = self.conv_2_1(x30, [x20])
+        x12 = self.conv_1_2(x21, [x10, x11])
+        x03 = self.conv_0_3(x12, [x00, x01, x02])
+        if depth == 3:
+            return [x01, x02, x03]
+        x40 = self.conv_4_0(x30)
+        x31 = self.conv_3_1(x40, [x30])
+        x22 = self.conv_2_2(x31, [x20, x21])
+        x13 = self.conv_1_3(x22, [x10, x11, x12])
+        x04 = self.conv_0_4(x13, [x00, x01, x02, x03])
+        return [x01, x02, x03, x04]
+
+    def _head(self, feature: torch.Tensor, j: int) -> torch.Tensor:
+        """The 1x1 head of X^{0,j} applied to ``feature``."""
+        if j == 1:
+            return self.final_conv_0_1(feature)
+        if j == 2:
+            return self.final_conv_0_2(feature)
+        if j == 3:
+            return self.final_conv_0_3(feature)
+        return self.final_conv(feature)
+
+    def heads(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The logits of every head, ``[head_1, ..., head_4]`` (the full grid, in the current train/eval mode); only
+        ``[head_4]`` without deep supervision."""
+        _check_input(x, self.spatial_dims, self.factor, self._name)
+        top = self._top_row(x, 4)
+        if not self.deep_supervision:
+            return [self.final_conv(top[-1])]
+        out: list[torch.Tensor] = []
+        for j in range(len(top)):
+            out.append(self._head(top[j], j + 1))
+        return out
+
+    def average_heads(self, heads: list[torch.Tensor]) -> torch.Tensor:
+        """The accurate mode's combination of the heads' logits (see ``ds_average``), itself logits."""
+        stacked = torch.stack(heads, dim=0)
+        if self.ds_average == "sigmoid":
+            # logit(mean_k sigmoid(z_k)) = log(mean_k sigmoid(z_k)) - log(mean_k sigmoid(-z_k)): the 1/K cancels
+            return torch.logsumexp(F.logsigmoid(stacked), dim=0) - torch.logsumexp(F.logsigmoid(-stacked), dim=0)
+        if self.ds_average == "softmax":
+            # log(mean_k softmax(z_k)), whose softmax is the mean itself (it sums to one over the channels)
+            return torch.logsumexp(torch.log_softmax(stacked, dim=2), dim=0) - math.log(len(heads))
+        return stacked.mean(dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``x``: ``(B, in_channels, *S)``, sizes divisible by 16; returns logits ``(B, out_channels, *S)``, or with
+        deep supervision in training mode the list of the four heads' logits."""
+        if not self.deep_supervision:
+            _check_input(x, self.spatial_dims, self.factor, self._name)
+            return self.final_conv(self._top_row(x, 4)[-1])
+        if self.training:
+            return self.heads(x)
+        if self.ds_mode == "fast":
+            _check_input(x, self.spatial_dims, self.factor, self._name)
+            return self._head(self._top_row(x, self.ds_head)[-1], self.ds_head)
+        return self.average_heads(self.heads(x))
 
 
 class ResUNet(nn.Module):
@@ -735,7 +927,8 @@ class ResUNet(nn.Module):
         out_channels: number of output channels (classes).
         base_filters: width of the stem; the encoder doubles it at each of the 4 down-sampling units.
         act: activation type and arguments.
-        norm: feature normalisation; ``"batch"`` as in the Keras default ``use_batchnorm=True``, ``None`` for none.
+        norm: feature normalisation; ``"batch"`` as in the Keras default ``use_batchnorm=True`` (with the Keras
+            BatchNorm momentum and eps, :func:`keras_norm`), ``None`` for none.
     """
 
     def __init__(
@@ -767,7 +960,8 @@ class ResUNet(nn.Module):
             for n in range(_DEPTH - 1)
         )
         self.final_conv = Conv[Conv.CONV, spatial_dims](f[1], out_channels, kernel_size=1)
-        _he_init(self)
+        # Keras: He for the stem's convolutions and shortcut only; Glorot everywhere else
+        _keras_init(self, [self.stem.conv1, self.stem.conv2, self.stem.shortcut])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``, sizes divisible by 16; returns logits ``(B, out_channels, *S)``."""
@@ -813,7 +1007,8 @@ class ResUNetPlusPlus(nn.Module):
         out_channels: number of output channels (classes).
         base_filters: width of the stem; the encoder doubles it at each of the 3 down-sampling units.
         act: activation type and arguments.
-        norm: feature normalisation (``"batch"`` as in the Keras code, ``None`` for none).
+        norm: feature normalisation (``"batch"`` as in the Keras code, with its BatchNorm momentum and eps:
+            :func:`keras_norm`; ``None`` for none).
         rate_scale: multiplies the ASPP dilations 6, 12, 18 (rounded, at least 1); the undilated branch stays 1.
         se_reduction: squeeze-and-excitation ratio.
         attention_sigmoid: apply a sigmoid to the attention map (off, as in the teaching code).
@@ -852,7 +1047,9 @@ class ResUNetPlusPlus(nn.Module):
         )
         self.out_aspp = SumASPP(spatial_dims, f[1], f[0], self.dilations, norm)
         self.final_conv = Conv[Conv.CONV, spatial_dims](f[0], out_channels, kernel_size=1)
-        _he_init(self)
+        # Keras: He for the stem's convolutions and shortcut and for the squeeze-excite dense layers; Glorot elsewhere
+        se = [m for m in self.modules() if isinstance(m, SqueezeExcite)]
+        _keras_init(self, [self.stem.conv1, self.stem.conv2, self.stem.shortcut, *se])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``, sizes divisible by 8; returns logits ``(B, out_channels, *S)``."""

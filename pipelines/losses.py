@@ -8,6 +8,8 @@
 - :class:`VGGPerceptualLoss`: ESRGAN's VGG19 conv5_4 (before ReLU) L1 loss, loaded **only** from a local weight file.
 - :class:`GeneratorLoss`: ``content + gan_weight * L_G^Ra + pixel_weight * L1`` (ESRGAN: 5e-3 and 1e-2), plus optional
   SSIM and edge terms.
+- :func:`deep_supervision_loss`: a segmentation bundle's loss wrapped in MONAI's ``DeepSupervisionLoss`` for a network
+  that returns several heads in training (``networks.UNetPlusPlus(deep_supervision=True)``).
 
 ESRGAN's generator objective is ``L_G = L_percep + 5e-3 * L_G^Ra + 1e-2 * L1`` (Wang et al., ECCVW 2018); its
 discriminator objective is :func:`ragan_discriminator_loss`.
@@ -22,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from monai.losses import SSIMLoss
+from monai.losses import DeepSupervisionLoss, SSIMLoss
 from monai.networks.layers import separable_filtering
 from monai.transforms import SobelGradients
 
@@ -35,6 +37,7 @@ __all__ = [
     "VGGPerceptualLoss",
     "GeneratorLoss",
     "VGG19_LAYERS",
+    "deep_supervision_loss",
 ]
 
 
@@ -340,3 +343,27 @@ class GeneratorLoss(nn.Module):
             real_features: ``D(target, return_features=True)[1]``; needed for feature matching.
         """
         return self.terms(prediction, target, fake_logits, real_logits, fake_features, real_features)["total"]
+
+
+def deep_supervision_loss(
+    loss: nn.Module, weight_mode: str = "same", weights: Sequence[float] | None = None
+) -> DeepSupervisionLoss:
+    """``loss`` wrapped for a deeply supervised network: the weighted sum of ``loss`` over the heads it returns.
+
+    MONAI's ``DeepSupervisionLoss`` (``sum_k w_k * loss(head_k, target)``, the target resized to a smaller head by
+    nearest neighbour) with UNet++'s equal weights by default (Zhou et al. 2018 sum the loss of the four heads
+    unweighted). A single tensor (a network without deep supervision, or in eval mode) gets ``loss`` alone, so the
+    wrapper is harmless where the network returns one output.
+
+    In a bundle (for the training trainer's loss only; validation and inference see one tensor):
+    ``--train#trainer#loss_function '{"_target_": "pipelines.losses.deep_supervision_loss", "loss": "@loss"}'``.
+
+    Args:
+        loss: the loss of one head, e.g. the bundle's ``DiceCELoss``.
+        weight_mode: ``"same"`` (1 for every head), ``"exp"`` (1, 0.5, 0.25, ... from the first head of the list) or
+            ``"two"`` (1, then 0.5): MONAI's modes.
+        weights: explicit per-head weights, in the order of the network's list; they override ``weight_mode``.
+    """
+    if weight_mode not in ("same", "exp", "two"):
+        raise ValueError(f"deep_supervision_loss: weight_mode must be 'same', 'exp' or 'two', got {weight_mode!r}.")
+    return DeepSupervisionLoss(loss, weight_mode=weight_mode, weights=None if weights is None else list(weights))

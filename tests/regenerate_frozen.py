@@ -109,6 +109,19 @@ CASES: list[Case] = [
          (1, 1, 8, 12)),
     Case("edu_2d_no_mde", EDU, {"spatial_dims": 2, **EDU_TINY, "mde": False}, (1, 1, 8, 12)),
     Case("edu_3d_no_mde", EDU, {"spatial_dims": 3, **EDU_TINY, "mde": False}, (1, 1, 8, 8, 4)),
+    # E-DU's second reading: the UNet++-style nested skip pathway (four levels: nodes x0_1, x1_1, x0_2), of dense
+    # blocks and with MDE in their place (concat fusion; sum fusion, projected to the level's width)
+    Case("edu_2d_dense", EDU, {"spatial_dims": 2, **EDU_TINY, "features": (4, 8, 8, 8), "skip": "dense"},
+         (1, 1, 8, 16)),
+    Case("edu_3d_dense", EDU, {"spatial_dims": 3, **EDU_TINY, "features": (4, 8, 8, 8), "skip": "dense"},
+         (1, 1, 8, 8, 8)),
+    Case("edu_2d_dense_mde", EDU, {"spatial_dims": 2, **EDU_TINY, "features": (4, 8, 8, 8), "skip": "dense_mde"},
+         (1, 1, 8, 16)),
+    Case("edu_3d_dense_mde", EDU, {"spatial_dims": 3, **EDU_TINY, "features": (4, 8, 8, 8), "skip": "dense_mde"},
+         (1, 1, 8, 8, 8)),
+    Case("edu_2d_dense_mde_sum", EDU,
+         {"spatial_dims": 2, **EDU_TINY, "features": (4, 8, 8, 8), "skip": "dense_mde", "mde_fusion": "sum"},
+         (1, 1, 8, 16)),
     # FRCU-Net: zero / reflect / replicate padding of the DoG stack, other sigmas and three Gaussians, instance norm
     Case("frcunet_2d", FRCUNet, {"spatial_dims": 2, **FRCU_TINY}, (1, 1, 16, 16)),
     Case("frcunet_3d", FRCUNet, {"spatial_dims": 3, **FRCU_TINY}, (1, 1, 8, 8, 8)),
@@ -120,6 +133,12 @@ CASES: list[Case] = [
          (1, 1, 16, 16)),
     Case("frcunet_2d_instance_bias", FRCUNet,
          {"spatial_dims": 2, **FRCU_TINY, "norm": ("instance", {"affine": True}), "bias": True}, (1, 1, 16, 16)),
+    # the authors' network: Xception-65 encoder (reduced widths, one middle block), reduction, FR, 3-skip decoder
+    Case("frcunet_2d_xception", FRCUNet,
+         {"spatial_dims": 2, "in_channels": 3, "out_channels": 2, "encoder": "xception",
+          "xception_features": (2, 4, 4, 6, 8, 10, 12, 14), "middle_blocks": 1, "reduction_features": (8,),
+          "freq_channels": 8, "gauss_kernel_sizes": (3, 5), "se_reduction": 4, "decoder_features": (8, 8, 4, 4, 4)},
+         (2, 3, 32, 32)),
     # RRDBNet and its presets: nearest+conv / pixel shuffle, SE block, interpolation skip, per-axis scales, x1 and x4
     Case("rrdbnet_2d_x2", RRDBNet, {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "scale": 2, **RRDB_TINY},
          (1, 1, 6, 5)),
@@ -176,6 +195,14 @@ CASES: list[Case] = [
     Case("unetpp_3d", UNetPlusPlus, {"spatial_dims": 3, **SEG4}, (1, 1, 16, 16, 16)),
     Case("unetpp_2d_uniform", UNetPlusPlus, {"spatial_dims": 2, **SEG4, "x03_quirk": False, "norm": "batch"},
          (1, 1, 16, 32)),
+    # UNet++ deep supervision in eval mode: the mean of the four heads, the pruned fast mode, the softmax average
+    Case("unetpp_2d_ds_accurate", UNetPlusPlus, {"spatial_dims": 2, **SEG4, "deep_supervision": True},
+         (1, 1, 16, 32)),
+    Case("unetpp_2d_ds_fast", UNetPlusPlus,
+         {"spatial_dims": 2, **SEG4, "deep_supervision": True, "ds_mode": "fast", "ds_head": 2}, (1, 1, 16, 32)),
+    Case("unetpp_3d_ds_accurate_softmax", UNetPlusPlus,
+         {"spatial_dims": 3, **SEG4, "deep_supervision": True, "ds_average": "softmax", "norm": "batch"},
+         (1, 1, 16, 16, 16)),
     Case("resunet_2d", ResUNet, {"spatial_dims": 2, **SEG}, (1, 1, 16, 32)),
     Case("resunet_3d", ResUNet, {"spatial_dims": 3, **SEG}, (1, 1, 16, 16, 16)),
     Case("resunet_2d_no_norm", ResUNet, {"spatial_dims": 2, **SEG, "norm": None}, (1, 1, 16, 32)),

@@ -94,7 +94,7 @@ class MultiHeadExternalAttention(nn.Module):
             nn.init.normal_(layer.weight, std=0.001)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
+        b, c = x.shape[0], x.shape[1]
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
         tokens = tokens.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)  # (B, heads, N, C/heads)
         attn = torch.softmax(self.memory_key(tokens), dim=2)  # softmax over tokens

@@ -14,7 +14,7 @@ at BLAS speed in any memory layout (channels-first or channels-last), where PyTo
 is slow (and under bfloat16 autocast slower still); long axes are cut into blocks so that the band, not the whole
 ``n x n`` matrix, is multiplied. The per-axis path is the default in 3D; in 2D the ``k^2``-tap depthwise convolution
 measured as fast or faster and is kept (``FixedDepthwiseFilter(separable=...)`` chooses by hand). Non-separable kernels
-(the Laplacian), learnable ones and traced or exported code keep the full depthwise convolution.
+(the Laplacian), learnable ones and traced, scripted or exported code keep the full depthwise convolution.
 """
 
 from __future__ import annotations
@@ -253,8 +253,8 @@ class FixedDepthwiseFilter(nn.Module):
 
     A fixed kernel that is an outer product of 1D kernels (:func:`separable_factors`; every Gaussian) is applied as
     one banded matrix product per axis, forward and backward (see the module docstring); any other kernel, a
-    learnable one, and traced or compiled code use the full depthwise convolution. Both give the same values (to
-    float rounding, about 1e-7 relative in float32).
+    learnable one, and traced, scripted or compiled code use the full depthwise convolution. Both give the same values
+    (to float rounding, about 1e-7 relative in float32).
 
     Args:
         spatial_dims: 2 or 3.
@@ -268,6 +268,10 @@ class FixedDepthwiseFilter(nn.Module):
             depthwise convolution of ``k^2`` taps was as fast or faster and is kept. ``True`` applies every separable
             fixed kernel per axis, ``False`` never.
     """
+
+    # eager-only state of the per-axis path, which TorchScript neither types nor compiles (see :meth:`forward`)
+    __jit_ignored_attributes__ = ["taps", "_operators", "separable_policy"]
+    __jit_unused_properties__ = ["is_separable"]
 
     def __init__(
         self,
@@ -294,15 +298,16 @@ class FixedDepthwiseFilter(nn.Module):
         else:
             # not persistent: the kernel is rebuilt from the constructor arguments, so checkpoints need not carry it
             self.register_buffer("weight", weight, persistent=False)
-        # F.pad takes pairs from the last axis backwards
-        self._pad = tuple(p for s in reversed(kernel.shape) for p in (s // 2, s // 2))
+        # F.pad takes pairs from the last axis backwards; the convolution's own "same" padding per axis
+        self._pad = [p for s in reversed(kernel.shape) for p in (s // 2, s // 2)]
+        self._same = [s // 2 for s in kernel.shape]
         # the 1D taps of a fixed separable kernel (factored from the float32 kernel the full path uses), else None
         # (a kernel built on the meta device, to count parameters, has no values to factor)
         factors = None if learnable or weight.is_meta else separable_factors(weight[0, 0])
         self.taps: tuple[tuple[float, ...], ...] | None = (
             None if factors is None else tuple(tuple(float(v) for v in f) for f in factors)
         )
-        self._operators: dict = {}
+        self._operators = {}  # (spatial shape, dtype, device) -> (operators, transposed operators)
         self.separable_policy = separable
 
     @property
@@ -351,17 +356,36 @@ class FixedDepthwiseFilter(nn.Module):
         return not (small and channels_last and not autocast and x.dtype in (torch.float32, torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_separable(x):
-            ops, ops_t = self._ops(x)
-            if torch.is_grad_enabled() and x.requires_grad:
-                return _SeparableDepthwiseFilter.apply(x, ops, ops_t)
-            return _separable_apply(x, ops)
-        conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
+        # TorchScript compiles only the full convolution (``torch.jit.is_scripting()`` is a compile-time constant
+        # there): the per-axis path's cached operators and custom autograd functions are eager-only. The scripted
+        # module gives the same values, and with fixed kernels the same input gradient, through PyTorch's own
+        # convolution backward.
+        if not torch.jit.is_scripting():
+            if self._use_separable(x):
+                ops, ops_t = self._ops(x)
+                if torch.is_grad_enabled() and x.requires_grad:
+                    return _SeparableDepthwiseFilter.apply(x, ops, ops_t)
+                return _separable_apply(x, ops)
+            if (
+                self.padding_mode == "zeros"
+                and not isinstance(self.weight, nn.Parameter)
+                and not torch.jit.is_tracing()
+                and torch.is_grad_enabled()
+            ):
+                # a fixed kernel under autograd: the custom backward (the plain convolution is kept for a learnable
+                # kernel, whose weight gradient is needed, for traced code, which cannot save the custom function,
+                # and when there is no backward pass at all)
+                return _FixedDepthwiseConv.apply(x, self.weight.to(dtype=x.dtype), self.channels)
+        return self._convolve(x)
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The full depthwise convolution (zero padding inside the convolution, else ``F.pad`` first)."""
         weight = self.weight.to(dtype=x.dtype)
-        if self.padding_mode == "zeros":
-            if isinstance(self.weight, nn.Parameter) or torch.jit.is_tracing() or not torch.is_grad_enabled():
-                # learnable (the weight gradient is needed), traced (TorchScript cannot save the custom function)
-                # or no backward pass at all: the plain convolution
-                return conv(x, weight, padding=tuple(s // 2 for s in weight.shape[2:]), groups=self.channels)
-            return _FixedDepthwiseConv.apply(x, weight, self.channels)
-        return conv(F.pad(x, self._pad, mode=self.padding_mode), weight, groups=self.channels)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._pad, mode=self.padding_mode)
+            padding = [0] * self.spatial_dims
+        else:
+            padding = self._same
+        if self.spatial_dims == 2:
+            return F.conv2d(x, weight, padding=padding, groups=self.channels)
+        return F.conv3d(x, weight, padding=padding, groups=self.channels)

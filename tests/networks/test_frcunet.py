@@ -137,8 +137,10 @@ def test_bad_input_size():
 
 
 def test_bad_arguments():
-    with pytest.raises(NotImplementedError, match="xception"):
-        FRCUNet(2, 3, 1, **SMALL, encoder="xception")
+    with pytest.raises(ValueError, match=r"^encoder must be 'unet' or 'xception', got 'resnet'\.$"):
+        FRCUNet(2, 3, 1, **SMALL, encoder="resnet")
+    with pytest.raises(ValueError, match="pretrained_encoder applies to encoder='xception' only"):
+        FRCUNet(2, 3, 1, **SMALL, pretrained_encoder="encoder.pt")
     with pytest.raises(ValueError, match="spatial_dims"):
         FRCUNet(1, 3, 1, **SMALL)
     with pytest.raises(ValueError, match="odd"):
