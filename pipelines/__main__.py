@@ -6,6 +6,7 @@ Commands:
     infer          run a bundle on NIfTI / MetaImage / NRRD files, DICOM series folders, images
     export         write a trained bundle as one self-contained zip
     verify         check a bundle folder or zip offline (exit 1 and one line per problem)
+    interpolate    blend a PSNR-oriented and a GAN-trained generator (ESRGAN network interpolation)
     bench          every network against MONAI's UNet, BasicUNet, SegResNet, DenseNet121 (bench/results.md)
     demo           synthetic data -> train the lung bundle -> evaluate -> infer, in a few minutes on a CPU
 """
@@ -92,6 +93,8 @@ def _infer(args: argparse.Namespace) -> int:
     options = {"weights": args.weights, "precision": args.precision, "tta": args.tta, "series": args.series or "",
                "channels_last": {"auto": None, "on": True, "off": False}[args.channels_last]}
     options.update(output_format=args.format, statistics=args.statistics, preview=args.preview)
+    if args.quiet:  # else each volume's sliding-window bar shows when stderr is a terminal
+        options["progress"] = False
     try:
         env = torchrun_env()
     except ValueError as e:
@@ -184,6 +187,18 @@ def _report_torchrun(gathered: list, output: str, env, start: float) -> int:
     return 1 if failed else 0
 
 
+def _interpolate(args: argparse.Namespace) -> int:
+    from pipelines.interpolate import interpolate_files
+
+    try:
+        out = interpolate_files(args.psnr, args.gan, args.alpha, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: interpolate: {e}", file=sys.stderr)
+        return 2
+    print(f"interpolate: wrote {out} = {1 - args.alpha:g} x {args.psnr} + {args.alpha:g} x {args.gan}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
@@ -269,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--preview", action="store_true",
                        help="write <name>_preview.png per case: axial, coronal and sagittal planes through the "
                        "largest finding, with the prediction outlined")
+    infer.add_argument("--quiet", action="store_true",
+                       help="no progress bars (they show only when stderr is a terminal; PIPELINES_QUIET=1 too)")
     infer.set_defaults(func=_infer)
 
     export = sub.add_parser("export", help="write a trained bundle as one self-contained zip (runs without this repo)",
@@ -299,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "(from the repository; 'bench --help' lists its options)", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench.networks")
     bench.set_defaults(func=lambda args: _bench(args.bench_args))
+
+    interpolate = sub.add_parser(
+        "interpolate", help="blend a PSNR-oriented and a GAN-trained generator (ESRGAN network interpolation)",
+        description="Write (1 - alpha) * PSNR + alpha * GAN for every floating-point tensor (integer buffers from the "
+                    "model alpha weights more) as a plain state dict, loadable as a bundle's model.pt. Inputs: "
+                    "model.pt / model_final.pt or a checkpoint.pt holding 'generator'. Exit code 0, or 2 on an error.")
+    interpolate.add_argument("psnr", help="weights of the PSNR-oriented generator (alpha 0)")
+    interpolate.add_argument("gan", help="weights of the GAN-trained generator (alpha 1)")
+    interpolate.add_argument("--alpha", type=float, required=True, help="weight of the GAN generator, in [0, 1]")
+    interpolate.add_argument("--out", required=True, help="file to write (written to a temporary name, then renamed)")
+    interpolate.set_defaults(func=_interpolate)
 
     demo = sub.add_parser("demo", help="synthetic LUNA16 -> train E-DU -> evaluate -> infer (CPU, minutes)")
     demo.add_argument("--workdir", default="demo_run", help="folder for data, the trained bundle and outputs")

@@ -185,6 +185,9 @@ class BundleInferer:
         output_format, statistics, preview: the clinical outputs of every prediction
             (:class:`~pipelines.clinical_outputs.ClinicalOutputs`: ``"dicom-seg"``, ``"nifti"``, ``"nrrd"``,
             ``"mha"`` or ``None`` for the saver's own file; a statistics JSON; a PNG preview).
+        progress: a tqdm bar over the sliding window's windows of each volume (MONAI's ``progress`` flag, set on
+            any inferer that has one); ``None``: :func:`pipelines.engines.progress.show_progress` (stderr is a
+            terminal, rank 0, no ``PIPELINES_QUIET``); the config's ``show_progress`` is set to the same.
     """
 
     def __init__(
@@ -201,6 +204,7 @@ class BundleInferer:
         output_format: str | None = None,
         statistics: bool = False,
         preview: bool = False,
+        progress: bool | None = None,
     ) -> None:
         if precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -216,13 +220,14 @@ class BundleInferer:
         self.staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-{_host()}-",
                                              dir=self.output_dir))
         try:
-            self._setup(config, overrides, weights, precision, tta, channels_last)
+            self._setup(config, overrides, weights, precision, tta, channels_last, progress)
             self._setup_clinical(output_format, statistics, preview)
         except BaseException:
             self.close()  # a bundle that does not build leaves nothing behind
             raise
 
-    def _setup(self, config: Path, overrides, weights, precision: str, tta: bool, channels_last: bool | None) -> None:
+    def _setup(self, config: Path, overrides, weights, precision: str, tta: bool, channels_last: bool | None,
+               progress: bool | None = None) -> None:
         self.parser = ConfigParser()
         try:
             self.parser.read_config(str(config))
@@ -232,6 +237,14 @@ class BundleInferer:
             {"bundle_root": str(self.bundle_dir), "output_dir": str(self.staging), "dataset_dir": "", "datalist": []}
         )
         self.parser.update(dict(overrides or {}))
+        if progress is None and "show_progress" in dict(overrides or {}):  # --set show_progress=false
+            progress = bool(self._build("show_progress"))
+        elif progress is None:
+            from pipelines.engines.progress import show_progress
+
+            progress = show_progress()
+        self.progress = bool(progress)
+        self.parser["show_progress"] = self.progress
         self.device = torch.device(self._build("device"))
         for key in ("network_def", "network"):  # network_def is resolved once; network reuses it
             if key in self.parser:
@@ -257,6 +270,8 @@ class BundleInferer:
             self.network = MirrorTTA(self.network, tuple(range(dims))).eval()
         self.preprocessing = self._build("preprocessing")
         self.inferer = self._build("inferer")
+        if hasattr(self.inferer, "progress"):  # MONAI's sliding window: a tqdm bar over each volume's windows
+            self.inferer.progress = self.progress
         self.postprocessing = self._build("postprocessing")
         self.postfix = self._save_postfix()
         self._list_inputs = self._build("list_inputs") if "list_inputs" in self.parser else list_volumes
@@ -449,6 +464,7 @@ def infer_volumes(
     output_format: str | None = None,
     statistics: bool = False,
     preview: bool = False,
+    progress: bool | None = None,
 ) -> list[InferenceResult]:
     """Run a bundle on every volume in ``inputs`` (files, DICOM folders, or folders of volumes).
 
@@ -468,14 +484,15 @@ def infer_volumes(
     in ``output_dir`` (:data:`SUMMARY_NAME`) is removed by rank 0 before the first volume runs, so that a run killed
     midway leaves none that describes other files; :func:`write_summary` writes the new one.
 
-    ``output_format``, ``statistics`` and ``preview``: the clinical outputs of :class:`BundleInferer`.
+    ``output_format``, ``statistics`` and ``preview``: the clinical outputs of :class:`BundleInferer`; ``progress``:
+    its sliding-window bar (``None``: shown when stderr is a terminal, see :mod:`pipelines.engines.progress`).
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} of world size {world_size}: need 0 <= rank < world size")
     main_rank = rank == 0
     engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides, precision=precision, tta=tta,
                            channels_last=channels_last, output_format=output_format, statistics=statistics,
-                           preview=preview)
+                           preview=preview, progress=progress)
     try:
         volumes: list[dict] = []
         results: list[InferenceResult] = []

@@ -31,9 +31,11 @@ def preprocess_bundle(
     overrides: dict[str, Any] | None = None,
     num_workers: int = 0,
     echo: Callable[[str], None] = print,
+    progress: bool | None = None,
 ) -> dict[str, int]:
     """Write the missing disk-cache entries of ``bundle``'s training and validation cases; returns the number of
-    cases of each split."""
+    cases of each split. ``progress``: a bar over the cases with an ETA instead of one line per case (``None``: when
+    stderr is a terminal, :func:`pipelines.engines.progress.show_progress`)."""
     from monai.bundle import ConfigParser
 
     from pipelines.data.disk_cache import preprocess_cases
@@ -55,7 +57,7 @@ def preprocess_bundle(
             continue
         start = time.perf_counter()
         preprocess_cases(cases, parser.get_parsed_content(f"{section}#preprocessing"), cache_dir,
-                         num_workers=num_workers, progress=echo)
+                         num_workers=num_workers, progress=echo, bar=progress)
         echo(f"preprocess: {split}: {len(cases)} cases ready in {cache_dir} ({time.perf_counter() - start:.0f} s)")
     return counts
 
@@ -68,12 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="cases preprocessed at a time (default 0: this process)")
     parser.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                         help="a train.json override that training will also get, e.g. --set pixdim=[1,1,1]")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar, one line per case (the bar shows only when stderr is a terminal; "
+                        "PIPELINES_QUIET=1 too)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     try:
         counts = preprocess_bundle(args.bundle, args.dataset_dir, overrides=dict(args.set or []),
-                                   num_workers=args.workers)
+                                   num_workers=args.workers, progress=False if args.quiet else None)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -226,11 +226,15 @@ def preprocess_cases(
     *,
     num_workers: int = 0,
     progress: Callable[[str], None] | None = None,
+    bar: bool | None = None,
 ) -> list[str]:
     """Write the disk-cache entry of every case of ``data`` that has none yet; return the keys, in ``data`` order.
 
     Finished cases are skipped, so a run killed halfway resumes where it stopped; ``num_workers`` > 0 preprocesses
-    that many cases at a time in separate processes. ``progress`` receives one line per case written.
+    that many cases at a time in separate processes. ``progress`` (default: the module's logger) receives a line
+    saying how many cases are to be written and then one line per case written, with an estimate of the time left;
+    ``bar`` replaces the per-case lines by a tqdm bar on stderr (cases, rate, ETA; ``None``: when stderr is a
+    terminal and this is rank 0, :func:`pipelines.engines.progress.show_progress`).
     """
     head, _ = split_transform(transform)
     settings = settings_digest(head)
@@ -245,28 +249,44 @@ def preprocess_cases(
         return keys
     say(f"preprocess: {len(todo)} of {len(set(keys))} cases to write into {root}")
     start, written = time.perf_counter(), 0
+    if bar is None:
+        from pipelines.engines.progress import show_progress
+
+        bar = show_progress()
+    if bar:
+        from tqdm import tqdm
+
+        cases_bar = tqdm(total=len(todo), desc="preprocess", unit="case", dynamic_ncols=True)
 
     def report(key: str, nbytes: int, seconds: float) -> None:
         nonlocal written
         written += 1
+        if bar:
+            cases_bar.set_postfix_str(f"{key[:12]} {nbytes / 2**20:.0f} MiB in {seconds:.1f} s", refresh=False)
+            cases_bar.update(1)
+            return
         elapsed = time.perf_counter() - start
         eta = elapsed / written * (len(todo) - written)
         say(f"preprocess: [{written}/{len(todo)}] {key[:12]} {nbytes / 2**20:.0f} MiB in {seconds:.1f} s, "
             f"about {eta:.0f} s left")
 
-    if num_workers > 0 and len(todo) > 1:
-        import multiprocessing as mp
+    try:
+        if num_workers > 0 and len(todo) > 1:
+            import multiprocessing as mp
 
-        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(min(num_workers, len(todo)), mp_context=context, initializer=_worker_init,
-                                 initargs=(head,)) as pool:
-            for key, nbytes, seconds in pool.map(_worker_write, todo):
-                report(key, nbytes, seconds)
-    else:
-        for item, root_str, key in todo:
-            t0 = time.perf_counter()
-            nbytes = _write_entry(item, head, Path(root_str), key)
-            report(key, nbytes, time.perf_counter() - t0)
+            context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ProcessPoolExecutor(min(num_workers, len(todo)), mp_context=context, initializer=_worker_init,
+                                     initargs=(head,)) as pool:
+                for key, nbytes, seconds in pool.map(_worker_write, todo):
+                    report(key, nbytes, seconds)
+        else:
+            for item, root_str, key in todo:
+                t0 = time.perf_counter()
+                nbytes = _write_entry(item, head, Path(root_str), key)
+                report(key, nbytes, time.perf_counter() - t0)
+    finally:
+        if bar:
+            cases_bar.close()
     return keys
 
 

@@ -345,12 +345,12 @@ def test_triplet_panel_layout_2d_and_3d():
     panel = triplet_panel(lr, hr, hr)
     assert panel.shape == (3, 4, 12)
     np.testing.assert_allclose(panel[0, :, :4], np.kron([[0, 1], [1, 0]], np.ones((2, 2))))  # nearest blocks
-    np.testing.assert_allclose(panel[0, :, 4:8], hr[0].numpy(), atol=1e-6)
-    # 3D (C, H, W, D) with the slice axis D last: the panel shows the (W, D) plane, D running upwards
+    np.testing.assert_allclose(panel[0, :, 4:8], hr[0].numpy().T, atol=1e-6)  # PIL (x, y) order: x across, y down
+    # 3D (C, H, W, D) with the slice axis D last, slice_axis=0: the panel shows the (W, D) plane, D running upwards
     z = torch.linspace(0, 1, 6)
     hr3 = z.expand(1, 5, 4, 6).clone()
     lr3 = hr3[..., ::2]
-    panel3 = triplet_panel(lr3, hr3, hr3)
+    panel3 = triplet_panel(lr3, hr3, hr3, slice_axis=0)
     assert panel3.shape == (3, 6, 12)
     np.testing.assert_allclose(panel3[0, :, 8], z.flip(0).numpy(), atol=1e-6)  # HR column: top row is the last slice
     np.testing.assert_allclose(panel3[0, ::2, 0], panel3[0, 1::2, 0])  # LR nearest-up-sampled along D
@@ -390,5 +390,6 @@ def test_triplets_written_to_tensorboard(tmp_path):
     acc.Reload()
     assert {"val/triplet_2d", "val/triplet_3d"} <= set(acc.Tags()["images"])
     img2, img3 = acc.Images("val/triplet_2d")[0], acc.Images("val/triplet_3d")[0]
-    assert (img2.step, img2.width, img2.height) == (3, 48, 16)
-    assert (img3.step, img3.width, img3.height) == (3, 30, 16)  # (W, D) plane: 3 x W wide, D high
+    # enlarged to >= 256 px by an integer factor: 2D 16 x 16 by 16; 3D the axial (H, W) = (12, 10) plane, W high, by 26
+    assert (img2.step, img2.width, img2.height) == (3, 3 * 16 * 16, 16 * 16)
+    assert (img3.step, img3.width, img3.height) == (3, 3 * 12 * 26, 10 * 26)
