@@ -94,6 +94,40 @@ def _flops(net, x) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def _train_flops(net, x, y, loss_fn) -> float:
+    """GFLOPs of one training step's forward and backward pass (the optimizer's elementwise update left out)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn(net(x), y).backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
+def _matmul_peak(device_name: str, queue) -> None:
+    """This device's dense matmul throughput in GFLOP/s, fp32 and bf16: the best of several square products large
+    enough to saturate the BLAS (oneDNN/MKL on CPUs, cuBLAS on CUDA). It is the ceiling a convolution lowered to a
+    GEMM can approach; a network's achieved GFLOP/s divided by it is its share of the machine."""
+    import torch
+
+    device = torch.device(device_name)
+    n = 4096 if device.type == "cuda" else 2048
+    result = {"matmul_n": n}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+
+        def mm():
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        mm()
+        result[f"peak_{name}_gflops_per_s"] = 2 * n**3 / _time(mm, 5) / 1e9
+    queue.put(result)
+
+
 def _time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -121,6 +155,7 @@ def _seg3d(target: str, kwargs: dict, setting: dict, device_name: str, volume_sh
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     x = torch.randn(setting["batch"], 1, *roi, device=device)
     y = (torch.rand(setting["batch"], 1, *roi, device=device) > 0.95).float()
+    result["train_gflops"] = _train_flops(net, x, y, loss_fn)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -129,9 +164,16 @@ def _seg3d(target: str, kwargs: dict, setting: dict, device_name: str, volume_sh
 
     step()  # warm-up
     result["train_step_s"] = _time(step, setting["steps"])
+    result["train_gflops_per_s"] = result["train_gflops"] / result["train_step_s"]
     result["train_peak_mib"] = _peak_mib(device)
 
     net.eval()
+    window = torch.randn(setting["sw_batch"], 1, *roi, device=device)
+    for precision in ("fp32", "bf16"):  # the network alone on one batch of windows: its achieved GFLOP/s
+        with torch.inference_mode(), _autocast(device, precision == "bf16"):
+            net(window)
+            seconds = _time(lambda: net(window), setting["steps"])
+        result[f"forward_{precision}_gflops_per_s"] = result["gflops"] * setting["sw_batch"] / seconds
     n_windows = _windows(volume_shape, roi, setting["overlap"])
     result["windows"] = n_windows
     for precision in ("fp32", "bf16"):
@@ -230,6 +272,9 @@ def run(quick: bool = False, device: str | None = None, only: list[str] | None =
         "segmentation_3d": {},
         "networks_2d": {},
     }
+    report["machine"].update(_run_isolated(_matmul_peak, (device,)))
+    echo(f"bench: matmul peak fp32 {report['machine']['peak_fp32_gflops_per_s']:.0f} GFLOP/s, "
+         f"bf16 {report['machine']['peak_bf16_gflops_per_s']:.0f} GFLOP/s")
     for name, (target, kwargs) in SEG3D.items():
         if only and name not in only:
             continue
@@ -248,6 +293,11 @@ def run(quick: bool = False, device: str | None = None, only: list[str] | None =
             r["train_ratio_to_unet"] = r["train_step_s"] / base["train_step_s"]
             r["sw_fp32_ratio_to_unet"] = r["sw_fp32_s"] / base["sw_fp32_s"]
             r["bf16_speedup"] = r["sw_fp32_s"] / r["sw_bf16_s"]
+    for r in report["segmentation_3d"].values():
+        for precision in ("fp32", "bf16"):
+            r[f"forward_{precision}_share_of_peak"] = (r[f"forward_{precision}_gflops_per_s"]
+                                                       / report["machine"][f"peak_{precision}_gflops_per_s"])
+        r["train_fp32_share_of_peak"] = r["train_gflops_per_s"] / report["machine"]["peak_fp32_gflops_per_s"]
     dense = report["networks_2d"].get("MONAI DenseNet121")
     if dense:
         for r in report["networks_2d"].values():
@@ -280,6 +330,23 @@ def markdown(report: dict) -> str:
             f"{r.get('sw_fp32_ratio_to_unet', float('nan')):.2f} | {r['sw_fp32_voxels_per_s']:.3g} | "
             f"{r['sw_bf16_voxels_per_s']:.3g} | {r.get('bf16_speedup', float('nan')):.2f} | {r['peak_mib']:.0f} |"
         )
+    peak32, peak16 = m["peak_fp32_gflops_per_s"], m["peak_bf16_gflops_per_s"]
+    lines += [
+        "",
+        f"Share of the machine: this {m['device']}'s dense matmul peak, measured in the same run ({m['matmul_n']}^2 "
+        f"products), is {peak32:.0f} GFLOP/s in fp32 and {peak16:.0f} GFLOP/s in bf16. Achieved GFLOP/s: counted "
+        "FLOPs (torch.utils.flop_counter) over the measured time; forward: the network alone on one batch of "
+        "windows; train: forward + backward FLOPs over the whole step (optimizer included in the time).",
+        "",
+        "| 3D segmentation | forward fp32 GFLOP/s | share of fp32 peak | forward bf16 GFLOP/s | share of bf16 peak | "
+        "train GFLOPs | train fp32 GFLOP/s | share of fp32 peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in report["segmentation_3d"].items():
+        lines.append(
+            f"| {name} | {r['forward_fp32_gflops_per_s']:.1f} | {100 * r['forward_fp32_share_of_peak']:.1f} % | "
+            f"{r['forward_bf16_gflops_per_s']:.1f} | {100 * r['forward_bf16_share_of_peak']:.1f} % | "
+            f"{r['train_gflops']:.1f} | {r['train_gflops_per_s']:.1f} | {100 * r['train_fp32_share_of_peak']:.1f} % |")
     if report["networks_2d"]:
         lines += [
             "",

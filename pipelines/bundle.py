@@ -10,7 +10,22 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-__all__ = ["derive_bundle"]
+__all__ = ["config_bool", "derive_bundle", "parse_override"]
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def config_bool(value: Any, name: str) -> bool:
+    """A switch of a bundle config as a ``bool``: ``True``/``False``, or the strings a command line gives.
+
+    ``python -m monai.bundle run ... --memory_plan false`` passes the *string* ``"false"`` (MONAI reads its command
+    line with ``fire``), which Python's ``bool`` takes for true; the usual spellings are read here, anything else is
+    a one-line error naming the setting."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def derive_bundle(src: str | Path, dst: str | Path, overrides: dict, train_overrides: dict | None = None) -> Path:

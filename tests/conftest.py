@@ -20,11 +20,21 @@ SCHEMA_DIR = REPO / "pipelines" / "schemas"  # shipped in the repository (and in
 # the smallest configuration that still runs every piece of the lung bundle
 TINY_LUNG = {"features": [4, 8, 16, 32, 64], "pixdim": [2.0, 2.0, 3.0], "patch_size": [32, 32, 16], "sw_batch_size": 2,
              "num_workers": 0}
-TINY_LUNG_TRAIN = {"num_samples": 1, "batch_size": 2, "max_epochs": 1}
+# The tiny copies switch the memory plan off: its probes cost more than their one-epoch trainings (several steps
+# each). tests/pipelines/test_memory_plan.py and the lung bundle's refusal test run it.
+NO_PLAN = {"memory_plan": False}
+TINY_LUNG_TRAIN = {"num_samples": 1, "batch_size": 2, "max_epochs": 1, **NO_PLAN}
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs pytest-xdist with one worker per core: one torch thread each, and the same for every subprocess
+    # a test starts (bundle runs, torchrun), since two-thread OpenMP pools on a shared core spin and run many times
+    # slower than one thread
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
@@ -119,10 +129,10 @@ ISIC_BUNDLE = REPO / "bundles" / "isic_skin_frcunet_segmentation"
 # the smallest configurations that still run every piece of the bundles
 TINY_BRATS = {"features": [4, 8, 16, 32, 64], "freq_channels": 8, "gauss_kernel_sizes": [3],
               "patch_size": [32, 32, 32], "sw_batch_size": 2, "num_workers": 0}
-TINY_BRATS_TRAIN = {"num_samples": 1, "batch_size": 2, "max_epochs": 1, "learning_rate": 0.003}
+TINY_BRATS_TRAIN = {"num_samples": 1, "batch_size": 2, "max_epochs": 1, "learning_rate": 0.003, **NO_PLAN}
 TINY_ISIC = {"features": [4, 8, 16, 32, 64], "freq_channels": 8, "gauss_kernel_sizes": [3, 5],
              "spatial_size": [64, 64], "num_workers": 0}
-TINY_ISIC_TRAIN = {"batch_size": 2, "max_epochs": 1, "learning_rate": 0.003}
+TINY_ISIC_TRAIN = {"batch_size": 2, "max_epochs": 1, "learning_rate": 0.003, **NO_PLAN}
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +183,7 @@ HEMF_BUNDLE = REPO / "bundles" / "isic_skin_hemf_classification"
 # the smallest HEMF that still has every block: 4 stages, one ELF and one retention layer each, 32 x 32 inputs
 TINY_HEMF = {"widths": [16, 32, 64, 128], "elf_depths": 1, "egf_depths": 1, "num_heads": 2, "image_size": 32,
              "resize_size": 36, "num_workers": 0, "batch_size": 8, "cache_rate": 1.0}
-TINY_HEMF_TRAIN = {"max_epochs": 1}
+TINY_HEMF_TRAIN = {"max_epochs": 1, **NO_PLAN}
 
 
 @pytest.fixture(scope="session")
@@ -207,11 +217,11 @@ SR_BUNDLES = {"us": US_SR_BUNDLE, "ct": CT_SR_BUNDLE}
 TINY_SR = {
     "us": ({"nf": 8, "gc": 8, "nb": 1, "roi_size": [16, 16], "sw_batch_size": 2, "num_workers": 0},
            {"hr_patch_size": [32, 32], "batch_size": 2, "num_samples": 1, "pretrain_epochs": 1, "max_epochs": 2,
-            "disc_features": 8, "disc_channel_mults": [1, 2], "ssim_win_size": 7, "val_fraction": 0.34}),
+            "disc_features": 8, "disc_channel_mults": [1, 2], "ssim_win_size": 7, "val_fraction": 0.34, **NO_PLAN}),
     "ct": ({"nf": 8, "gc": 8, "nb": 1, "roi_size": [24, 24, 8], "sw_batch_size": 2, "num_workers": 0},
            {"hr_patch_size": [24, 24, 16], "val_crop_size": [32, 32, 16], "batch_size": 2, "num_samples": 1,
             "pretrain_epochs": 1, "max_epochs": 2, "disc_features": 8, "disc_channel_mults": [1, 2],
-            "ssim_win_size": 3, "val_fraction": 0.5}),
+            "ssim_win_size": 3, "val_fraction": 0.5, **NO_PLAN}),
 }
 
 

@@ -26,13 +26,24 @@ def test_quick_bench_reports_every_figure_on_tiny_inputs(monkeypatch, tmp_path):
     assert unet["train_ratio_to_unet"] == 1.0 and unet["sw_fp32_ratio_to_unet"] == 1.0
     assert unet["windows"] == bn._windows((48, 48, 48), (32, 32, 32), 0.25) == 8
     edu = report["segmentation_3d"]["EDU (mde=False)"]
-    assert edu["params"] == 16_017_324 and edu["gflops"] > 0 and edu["peak_mib"] > 0
+    assert edu["params"] == 16_016_844 and edu["gflops"] > 0 and edu["peak_mib"] > 0
     assert math.isclose(edu["sw_fp32_voxels_per_s"], 48**3 / edu["sw_fp32_s"])
     assert report["networks_2d"]["HEMF"]["train_ratio_to_densenet121"] > 0
+    # share of the machine: achieved GFLOP/s over the matmul peak measured in the same run
+    machine = report["machine"]
+    assert machine["peak_fp32_gflops_per_s"] > 0 and machine["peak_bf16_gflops_per_s"] > 0
+    for r in (unet, edu):
+        assert math.isclose(r["forward_fp32_share_of_peak"],
+                            r["forward_fp32_gflops_per_s"] / machine["peak_fp32_gflops_per_s"])
+        assert math.isclose(r["train_fp32_share_of_peak"], r["train_gflops"] / r["train_step_s"]
+                            / machine["peak_fp32_gflops_per_s"])
+        # backward costs about twice the forward (input and weight gradients; the first layer's input needs none)
+        assert 2.0 < r["train_gflops"] / r["gflops"] < 3.05
     with pytest.raises(RuntimeError, match="benchmark of networks.EDU failed: ValueError"):
         bn._run_isolated(bn._seg3d, ("networks.EDU", {}, bn.SETTINGS["quick"] | {"roi": (20, 20, 20)}, "cpu",
                                      (48, 48, 48)))
     table = bn.markdown(report)
+    assert f"{machine['peak_fp32_gflops_per_s']:.0f} GFLOP/s in fp32" in table
     assert "| MONAI UNet |" in table and "| EDU (mde=False) | 16.02 M |" in table and "| HEMF | classification |" in table
 
 

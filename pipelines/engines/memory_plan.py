@@ -647,6 +647,8 @@ class MemoryPlanHandler:
         network: the network; ``None``: the engine's ``network`` (or ``generator``).
         optimizer: its optimizer; ``None``: the engine's ``optimizer`` (or ``g_optimizer``).
         loss_factor: see :func:`estimate_training_memory`.
+        enabled: ``False`` attaches nothing (a bundle's ``memory_plan`` key): for runs whose step is known to fit,
+            such as the test suite's tiny copies, where the probes would cost more than the training itself.
     """
 
     def __init__(
@@ -663,7 +665,12 @@ class MemoryPlanHandler:
         network: nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         loss_factor: float = DEFAULT_LOSS_FACTOR,
+        enabled: bool = True,
     ) -> None:
+        from pipelines.bundle import config_bool
+
+        self.enabled = config_bool(enabled, "memory plan: enabled (the bundle's memory_plan)")
+
         def positive(name: str, value: Any, kind: type = int) -> Any:
             try:
                 number = kind(value)
@@ -692,7 +699,10 @@ class MemoryPlanHandler:
         self.estimate: MemoryEstimate | None = None
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
+        if self.enabled:
+            engine.add_event_handler(Events.STARTED, self)
+        else:
+            logger.info("memory plan: off (memory_plan false); the first step is not checked before it runs")
 
     def __call__(self, engine: Engine) -> None:
         network, optimizer = self.network, self.optimizer

@@ -234,6 +234,7 @@ def test_a_step_that_cannot_fit_is_refused_before_the_first_iteration(tiny_lung_
     workflow = ConfigWorkflow(
         config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"), workflow_type="train",
         bundle_root=str(bundle), dataset_dir=str(luna16_tiny[0]), memory_budget_gb=0.001,
+        memory_plan=True,  # the tiny copies switch the plan off (tests/conftest.py)
     )
     workflow.initialize()
     with pytest.raises(RuntimeError) as refused:

@@ -207,6 +207,23 @@ def test_handler_lets_training_run_and_leaves_the_network_as_it_was():
     assert after["grads"] == [None] * 6  # no gradients made (weight and bias of conv, BN, conv)
 
 
+def test_a_plan_switched_off_probes_nothing_even_where_the_step_cannot_fit(caplog):
+    """``memory_plan: false`` (``enabled=False``): no probe, training runs; a budget that refuses it when on."""
+    calls: list = []
+    handler = MemoryPlanHandler(patch_size=[16, 16, 16], batch_size=1, memory_budget_gb=0.001, enabled=False)
+    with caplog.at_level("INFO", logger="pipelines.engines.memory_plan"):
+        trainer, _ = _tiny_trainer(handler, calls)  # attached here
+        trainer.run()
+    assert handler.estimate is None and trainer.state.iteration == 2 and len(calls) == 2
+    assert "memory plan: off (memory_plan false)" in caplog.text
+    # the strings monai.bundle's command line passes (fire reads `--memory_plan false` as "false")
+    assert MemoryPlanHandler([16, 16, 16], 1, enabled="false").enabled is False
+    assert MemoryPlanHandler([16, 16, 16], 1, enabled="True").enabled is True
+    with pytest.raises(ValueError, match=r"^memory plan: enabled \(the bundle's memory_plan\) must be true or "
+                                         r"false, got 'nope'$"):
+        MemoryPlanHandler([16, 16, 16], 1, enabled="nope")
+
+
 def test_estimate_looks_through_data_parallel():
     from pipelines.engines.memory_plan import _unwrap
 
