@@ -20,11 +20,11 @@ demo: $(STAMP)
 	PYTHONUNBUFFERED=1 $(PY) -W ignore -m pipelines demo
 
 # one pytest-xdist worker per core (at most 2: the suite is sized for the 2-core CI machine; TEST_WORKERS=0 runs
-# it in one process)
+# it in one process); worksteal: an idle worker takes queued tests from the busy one (the learning tests are long)
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 2 ] && n=2; echo $$n)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 bench: $(STAMP)
 	$(PY) -W ignore -m pipelines bench $(BENCH_ARGS)

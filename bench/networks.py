@@ -105,14 +105,17 @@ def _train_flops(net, x, y, loss_fn) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _matmul_peak(device_name: str, queue) -> None:
+#: side of the square matrices of the CPU's matmul peak (CUDA: 4096)
+MATMUL_N = 2048
+
+
+def _matmul_peak(device_name: str, n: int, queue) -> None:
     """This device's dense matmul throughput in GFLOP/s, fp32 and bf16: the best of several square products large
     enough to saturate the BLAS (oneDNN/MKL on CPUs, cuBLAS on CUDA). It is the ceiling a convolution lowered to a
     GEMM can approach; a network's achieved GFLOP/s divided by it is its share of the machine."""
     import torch
 
     device = torch.device(device_name)
-    n = 4096 if device.type == "cuda" else 2048
     result = {"matmul_n": n}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -272,7 +275,8 @@ def run(quick: bool = False, device: str | None = None, only: list[str] | None =
         "segmentation_3d": {},
         "networks_2d": {},
     }
-    report["machine"].update(_run_isolated(_matmul_peak, (device,)))
+    n = 4096 if str(device).startswith("cuda") else MATMUL_N  # read here: the spawned child re-imports the module
+    report["machine"].update(_run_isolated(_matmul_peak, (device, n)))
     echo(f"bench: matmul peak fp32 {report['machine']['peak_fp32_gflops_per_s']:.0f} GFLOP/s, "
          f"bf16 {report['machine']['peak_bf16_gflops_per_s']:.0f} GFLOP/s")
     for name, (target, kwargs) in SEG3D.items():

@@ -61,6 +61,8 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Pool, split_args
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
+from .blocks.keras_compat import KERAS_BN_EPS, KERAS_BN_MOMENTUM, keras_he_normal_  # noqa: F401 (re-exported)
+
 __all__ = [
     "UNET_TEACHING_DROPOUT",
     "UNETPP_TEACHING_DROPOUT",
@@ -103,7 +105,7 @@ _DEPTH = 5  # number of resolution levels of U-Net, UNet++ and ResUNet (4 poolin
 
 #: Keras ``BatchNormalization()`` defaults in PyTorch terms: Keras ``momentum=0.99`` is the weight of the old running
 #: value, PyTorch's ``momentum`` the weight of the new batch statistic, so 0.99 becomes 0.01; Keras ``epsilon=1e-3``.
-KERAS_BATCHNORM: dict[str, float] = {"momentum": 0.01, "eps": 1e-3}
+KERAS_BATCHNORM: dict[str, float] = {"momentum": KERAS_BN_MOMENTUM, "eps": KERAS_BN_EPS}
 
 _BATCH_NORMS = ("BATCH", "SYNCBATCH")  # MONAI Norm factory names of batch normalisation
 
@@ -180,18 +182,6 @@ def _check_input(x: torch.Tensor, spatial_dims: int, factor: int, name: str) -> 
                 f"divisible by {factor} (the network down-samples {times} times by 2); pad or crop the input, e.g. "
                 f"with DivisiblePadd(k={factor})."
             )
-
-
-def keras_he_normal_(tensor: torch.Tensor) -> torch.Tensor:
-    """Keras ``'he_normal'`` in place: a normal of standard deviation ``sqrt(2 / fan_in) / 0.8796...`` truncated at two
-    standard deviations (Keras ``VarianceScaling(2.0, "fan_in", "truncated_normal")``; the divisor restores the
-    variance ``2 / fan_in`` that the truncation removes). PyTorch's ``kaiming_normal_`` is the untruncated normal.
-
-    ``fan_in`` is ``tensor.shape[1] * prod(kernel)``, which is Keras's fan-in for convolution and dense kernels alike.
-    """
-    fan_in = tensor.shape[1] * math.prod(tensor.shape[2:])
-    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
-    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
 
 
 def _keras_init(module: nn.Module, he_normal: Sequence[nn.Module]) -> None:

@@ -11,6 +11,7 @@ import bench.networks as bn
 
 def test_quick_bench_reports_every_figure_on_tiny_inputs(monkeypatch, tmp_path):
     monkeypatch.setattr(bn, "VOLUME", (48, 48, 48))
+    monkeypatch.setattr(bn, "MATMUL_N", 256)
     monkeypatch.setitem(bn.SETTINGS, "quick", {"roi": (32, 32, 32), "batch": 1, "steps": 1, "sw_batch": 1,
                                                "overlap": 0.25, "estimate_sw": True})
     monkeypatch.setitem(bn.NET2D, "HEMF", ("networks.HEMF", {"spatial_dims": 2, "in_channels": 3, "num_classes": 7,
