@@ -297,19 +297,25 @@ def test_a_pickle_model_is_refused_with_one_line_and_never_runs(trained_lung_bun
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []  # no staging left either
 
 
-def test_a_network_that_is_not_a_module_or_a_broken_config_exit_2(trained_lung_bundle, tmp_path):
+def test_a_network_that_is_not_a_module_or_a_broken_config_exit_2(trained_lung_bundle, tmp_path, capsys):
+    """The first case as a user runs it (a process and its exit status); the other two through the same ``main`` in
+    process (the exit status is ``main``'s return value), which spares two interpreter start-ups."""
+    from pipelines.__main__ import main
+
     image = _nifti(tmp_path / "a.nii.gz")
     not_module = _cli(trained_lung_bundle, [image], tmp_path / "o1", "--set",
                       'network_def={"_target_": "collections.OrderedDict"}', cwd=tmp_path)
     assert not_module.returncode == 2
     assert not_module.stderr.strip().count("\n") == 0 and "not a torch.nn.Module" in not_module.stderr
-    broken = _cli(trained_lung_bundle, [image], tmp_path / "o2", "--set",
-                  'network_def={"_target_": "networks.EDU", "spatial_dims": 3}', cwd=tmp_path)
-    assert broken.returncode == 2
-    assert broken.stderr.strip().count("\n") == 0 and "cannot build 'network_def'" in broken.stderr, broken.stderr
-    mismatch = _cli(trained_lung_bundle, [image], tmp_path / "o3", "--set", "features=[8, 8, 16, 32, 64]",
-                    cwd=tmp_path)
-    assert mismatch.returncode == 2 and "do not fit the bundle's network_def" in mismatch.stderr, mismatch.stderr
+    infer = ["infer", str(trained_lung_bundle), str(image)]
+    capsys.readouterr()
+    assert main([*infer, "--output", str(tmp_path / "o2"), "--set",
+                 'network_def={"_target_": "networks.EDU", "spatial_dims": 3}']) == 2
+    broken = capsys.readouterr().err
+    assert broken.strip().count("\n") == 0 and "cannot build 'network_def'" in broken, broken
+    assert main([*infer, "--output", str(tmp_path / "o3"), "--set", "features=[8, 8, 16, 32, 64]"]) == 2
+    mismatch = capsys.readouterr().err
+    assert "do not fit the bundle's network_def" in mismatch, mismatch
 
 
 # ---- CSV tables -----------------------------------------------------------------------------------------------
