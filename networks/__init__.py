@@ -1,5 +1,12 @@
 """Research networks as pure ``torch.nn.Module`` classes in MONAI style (``spatial_dims`` 2 or 3, no I/O).
 
+Every constructor names its arguments ``spatial_dims``, ``in_channels``, ``out_channels`` and ``features`` (the
+width, or the widths of the resolution levels); the blocks that more than one network uses live in
+:mod:`networks.blocks`. The U-Net family is ``KerasUNet``, ``KerasUNetPlusPlus``, ``KerasResUNet`` and
+``KerasResUNetPlusPlus`` (their layouts are the Keras teaching code's), so that none reads as MONAI's ``UNet``; the
+earlier names ``UNet``, ``UNetPlusPlus``, ``ResUNet`` and ``ResUNetPlusPlus`` and the earlier argument names still
+work, with a ``DeprecationWarning``, until version 0.2.0 (:mod:`networks.deprecation`).
+
 Names are resolved lazily so that ``import networks`` stays cheap and a bundle config's
 ``"_target_": "networks.EDU"`` only imports the module it needs.
 """
@@ -16,6 +23,11 @@ _EXPORTS = {
     "RRDBNet": "esrgan",
     "VGGStyleDiscriminator": "esrgan",
     "HEMF": "hemf",
+    "KerasUNet": "unet_family",
+    "KerasUNetPlusPlus": "unet_family",
+    "KerasResUNet": "unet_family",
+    "KerasResUNetPlusPlus": "unet_family",
+    # deprecated names of the four above (they warn when instantiated)
     "UNet": "unet_family",
     "UNetPlusPlus": "unet_family",
     "ResUNet": "unet_family",

@@ -19,17 +19,24 @@ against ``"plain"``), and MDE replacing the convolution nodes of a UNet++-style 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Dict, List
+from typing import cast
 
 import torch
 import torch.nn as nn
-from monai.networks.layers.factories import Act, Conv, Norm, Pool
+from monai.networks.layers.factories import Act, Conv, Norm, Pool, split_args
 from monai.networks.layers.simplelayers import LaplaceFilter
-from monai.utils import ensure_tuple_rep
 
 from networks.blocks.filters import FixedDepthwiseFilter, gaussian_kernel, opencv_sigma
+from networks.blocks.shapes import divisible_spatial, shape_text
+from networks.deprecation import deprecated_alias_getattr
 
-__all__ = ["DenseLayer", "DenseBlock", "MDE", "NestedNode", "EDU", "SKIP_PATHWAYS"]
+__all__ = ["DenseLayer", "DenseTransitionBlock", "MDE", "NestedNode", "EDU", "SKIP_PATHWAYS"]
+
+# renamed for one version: ``DenseBlock`` is MONAI's name of another block (monai.networks.blocks.DenseBlock, a
+# container of layers whose outputs are concatenated, without E-DU's transition)
+__getattr__ = deprecated_alias_getattr(
+    __name__, {"DenseBlock": ("networks.edu.DenseTransitionBlock", lambda: DenseTransitionBlock)}
+)
 
 #: ``EDU(skip=...)``: the two readings of "dense U-Net with MDE skips", each with its ablation (see :class:`EDU`)
 SKIP_PATHWAYS = ("mde", "plain", "dense", "dense_mde")
@@ -49,8 +56,8 @@ class DenseLayer(nn.Module):
 
     def __init__(self, spatial_dims: int, in_channels: int, growth: int, norm, act, dropout: float = 0.0) -> None:
         super().__init__()
-        norm_name, norm_args = _split(norm)
-        act_name, act_args = _split(act)
+        norm_name, norm_args = split_args(norm)
+        act_name, act_args = split_args(act)
         self.layers = nn.Sequential(
             Norm[norm_name, spatial_dims](in_channels, **norm_args),
             Act[act_name](**act_args),
@@ -63,7 +70,7 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.dropout(self.layers(x))], dim=1)
 
 
-class DenseBlock(nn.Module):
+class DenseTransitionBlock(nn.Module):
     """``layers`` dense layers of growth ``out_channels // 4`` followed by a transition (norm -> conv1x1).
 
     The layers share one feature buffer of ``in_channels + layers * growth`` channels: the input and each layer's
@@ -100,7 +107,7 @@ class DenseBlock(nn.Module):
         for _ in range(layers):
             dense.append(DenseLayer(spatial_dims, channels, growth, norm, act, dropout))
             channels += growth
-        norm_name, norm_args = _split(norm)
+        norm_name, norm_args = split_args(norm)
         self.dense = nn.Sequential(*dense)
         self.transition = nn.Sequential(
             Norm[norm_name, spatial_dims](channels, **norm_args),
@@ -121,14 +128,15 @@ class DenseBlock(nn.Module):
         Equals ``transition(dense(x))``, where every :class:`DenseLayer` concatenates its input again (quadratic
         copying); here layer ``i`` reads the first ``c_in + i * growth`` channels of the buffer as a view.
         """
-        widths = [x.shape[1]] + [layer.growth for layer in self.dense]
+        layers = [cast(DenseLayer, layer) for layer in self.dense]
+        widths = [x.shape[1]] + [layer.growth for layer in layers]
         buffer = x.new_empty((x.shape[0], sum(widths)) + tuple(x.shape[2:]))
         with torch.no_grad():
             buffer[:, : widths[0]].copy_(x)
         track = torch.is_grad_enabled()
         pieces = [x]
         filled = widths[0]
-        for layer in self.dense:
+        for layer in layers:
             features = _DenseFeatures.apply([buffer], *pieces) if track else buffer[:, :filled]
             new = layer.dropout(layer.layers(features))
             with torch.no_grad():
@@ -174,7 +182,8 @@ class MDE(nn.Module):
     For each scale k of ``scales`` the skip tensor is denoised by a fixed depthwise Gaussian ``G_k`` (sigma by the
     OpenCV size rule) and enhanced:
 
-    - ``enhance="dog"``: ``E_k = G_k(x) + alpha * (G_k(x) - G_{k+2}(x))`` (unsharp masking by a difference of Gaussians);
+    - ``enhance="dog"``: ``E_k = G_k(x) + alpha * (G_k(x) - G_{k+2}(x))`` (unsharp masking by a difference of
+      Gaussians);
     - ``enhance="laplacian"``: ``E_k = G_k(x) + alpha * L(G_k(x))`` with ``L`` MONAI's ``LaplaceFilter`` kernel, whose
       centre is positive (``L = -nabla^2``): adding it sharpens, as ``g - alpha * nabla^2 g`` does.
 
@@ -236,8 +245,8 @@ class MDE(nn.Module):
         self.fuse: nn.Module = nn.Identity()
         fused_in = channels * (len(self.scales) + 1) if fusion == "concat" else channels
         if fusion == "concat" or self.out_channels != channels:
-            norm_name, norm_args = _split(norm)
-            act_name, act_args = _split(act)
+            norm_name, norm_args = split_args(norm)
+            act_name, act_args = split_args(act)
             self.fuse = nn.Sequential(
                 Conv[Conv.CONV, spatial_dims](fused_in, self.out_channels, kernel_size=1, bias=False),
                 Norm[norm_name, spatial_dims](self.out_channels, **norm_args),
@@ -245,7 +254,7 @@ class MDE(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        blurred: Dict[str, torch.Tensor] = {}
+        blurred: dict[str, torch.Tensor] = {}
         for size, gaussian in self.gaussians.items():
             blurred[size] = gaussian(x)
         maps = [x]
@@ -267,9 +276,9 @@ class NestedNode(nn.Module):
 
     ``block(cat([up(X^{i+1,j-1}), X^{i,0}, ..., X^{i,j-1}]))``: the deeper node of the previous column up-sampled by
     ``up`` (a 2x2 transposed convolution to the level's width), then every earlier node of the same level, in
-    column order (the order of MONAI's ``BasicUNetPlusPlus`` and of this project's ``UNetPlusPlus``). ``block`` maps
-    the ``(j + 1) * width`` channels to ``width``: a :class:`DenseBlock` (``EDU(skip="dense")``) or an :class:`MDE`
-    (``skip="dense_mde"``).
+    column order (the order of MONAI's ``BasicUNetPlusPlus`` and of this project's ``KerasUNetPlusPlus``). ``block``
+    maps the ``(j + 1) * width`` channels to ``width``: a :class:`DenseTransitionBlock` (``EDU(skip="dense")``) or an
+    :class:`MDE` (``skip="dense_mde"``).
 
     Args:
         row: the level ``i`` (0 shallowest).
@@ -285,7 +294,7 @@ class NestedNode(nn.Module):
         self.up = up
         self.block = block
 
-    def forward(self, deeper: torch.Tensor, same_level: List[torch.Tensor]) -> torch.Tensor:
+    def forward(self, deeper: torch.Tensor, same_level: list[torch.Tensor]) -> torch.Tensor:
         """``deeper``: ``X^{i+1,j-1}``; ``same_level``: ``[X^{i,0}, ..., X^{i,j-1}]``."""
         return self.block(torch.cat([self.up(deeper)] + same_level, dim=1))
 
@@ -294,9 +303,10 @@ class EDU(nn.Module):
     """E-DU: a dense U-Net with multi-scale denoise-enhancement (:class:`MDE`) in its skip pathway, in two readings.
 
     Five resolution levels of ``features`` channels (four max-pool down-samplings). Each encoder level ``X^{i,0}`` is
-    a :class:`DenseBlock` (``dense_layers`` layers of growth ``width // 4`` and a 1x1 transition). Each decoder level
-    up-samples the deeper decoder output by a 2x2 transposed convolution, concatenates it (first) with the level's
-    skip features and applies a dense block. A 1x1 convolution gives the logits. ``skip`` chooses the skip pathway:
+    a :class:`DenseTransitionBlock` (``dense_layers`` layers of growth ``width // 4`` and a 1x1 transition). Each
+    decoder level up-samples the deeper decoder output by a 2x2 transposed convolution, concatenates it (first) with
+    the level's skip features and applies a dense block. A 1x1 convolution gives the logits. ``skip`` chooses the skip
+    pathway:
 
     - ``"mde"`` (default; reading 1, MDE *added* on each skip): the decoder of level ``i`` reads
       ``cat([up, MDE(X^{i,0})])``: this project's first interpretation, the lung bundle's network;
@@ -407,7 +417,7 @@ class EDU(nn.Module):
         self.encoders = nn.ModuleList()
         channels = in_channels
         for width in features:
-            self.encoders.append(DenseBlock(spatial_dims, channels, width, dense_layers, norm, act, dropout))
+            self.encoders.append(DenseTransitionBlock(spatial_dims, channels, width, dense_layers, norm, act, dropout))
             channels = width
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
 
@@ -418,7 +428,7 @@ class EDU(nn.Module):
                 for i in range(levels - 1 - j):
                     width, c_in = features[i], (j + 1) * features[i]
                     block = (
-                        DenseBlock(spatial_dims, c_in, width, dense_layers, norm, act, dropout)
+                        DenseTransitionBlock(spatial_dims, c_in, width, dense_layers, norm, act, dropout)
                         if self.skip == "dense"
                         else mde_block(c_in, width)
                     )
@@ -436,21 +446,17 @@ class EDU(nn.Module):
             else:
                 self.skips.append(mde_block(width) if self.skip == "mde" else nn.Identity())
                 c_in = 2 * width
-            self.decoders.append(DenseBlock(spatial_dims, c_in, width, dense_layers, norm, act, dropout))
+            self.decoders.append(DenseTransitionBlock(spatial_dims, c_in, width, dense_layers, norm, act, dropout))
         self.head = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
         self.register_load_state_dict_pre_hook(_fold_legacy_up_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = x.shape[2:]
-        divisible = len(spatial) == self.spatial_dims
-        for s in spatial:
-            divisible = divisible and s % self.divisor == 0
-        if not divisible:
+        if not divisible_spatial(x, self.spatial_dims, self.divisor):
             raise ValueError(
                 f"EDU expects {self.spatial_dims} spatial dimensions each divisible by {self.divisor}, "
-                f"got input shape {_shape_text(x.shape)}."
+                f"got input shape {shape_text(x)}."
             )
-        skips: List[torch.Tensor] = []
+        skips: list[torch.Tensor] = []
         for i, encoder in enumerate(self.encoders):
             x = encoder(x if i == 0 else self.pool(x))
             skips.append(x)
@@ -461,11 +467,15 @@ class EDU(nn.Module):
             x = decoder(torch.cat([up(x), skip(skips.pop())], dim=1))
         return self.head(x)
 
-    def _nested_decoder(self, encoded: List[torch.Tensor]) -> torch.Tensor:
+    def _nested_decoder(self, encoded: list[torch.Tensor]) -> torch.Tensor:
         """The nested pathway and its decoder on the encoder outputs ``X^{i,0}``; returns ``X^{0,L-1}``."""
-        grid: List[List[torch.Tensor]] = [[e] for e in encoded]  # grid[i][j] = X^{i,j}
+        grid: list[list[torch.Tensor]] = [[e] for e in encoded]  # grid[i][j] = X^{i,j}
         for node in self.nested.values():  # column by column, so X^{i+1,j-1} and X^{i,:j} exist
-            grid[node.row].append(node(grid[node.row + 1][node.col - 1], grid[node.row][: node.col]))
+            # a NestedNode: the torch stubs type ModuleDict values as Module (attributes Tensor | Module), and
+            # TorchScript has neither typing.cast nor an isinstance that holds for its specialised module types
+            row: int = node.row  # type: ignore[assignment]
+            col: int = node.col  # type: ignore[assignment]
+            grid[row].append(node(grid[row + 1][col - 1], grid[row][:col]))
         x = grid[-1][0]
         level = len(grid) - 2
         for up, decoder in zip(self.ups, self.decoders):
@@ -506,16 +516,3 @@ def _fold_legacy_up_bias(module: EDU, state_dict: dict, prefix: str, *args) -> N
                 mean = state_dict[mean_key].clone()
                 mean[: bias.numel()] -= bias.to(mean.dtype)
                 state_dict[mean_key] = mean
-
-
-def _shape_text(shape: List[int]) -> str:
-    """``(1, 1, 16, 20)``: a shape as Python prints a tuple, in eager and scripted code alike."""
-    return "(" + ", ".join([str(s) for s in shape]) + ")"
-
-
-def _split(spec) -> tuple[str, dict]:
-    """A MONAI factory spec (``"name"`` or ``("name", {args})``) as ``(name, args)``."""
-    if isinstance(spec, str):
-        return spec, {}
-    name, args = spec
-    return name, dict(args)

@@ -3,10 +3,16 @@
 Two configurations are provided as presets:
 
 - :func:`esrgan`: the published ESRGAN generator (Wang et al., ECCVW 2018; xinntao/ESRGAN and BasicSR): 23 RRDBs,
-  ``nf=64``, ``gc=32``, nearest + conv up-sampling, LeakyReLU 0.2, 16,697,987 parameters for RGB ``x4``.
+  ``features=64`` (the paper's ``nf``), ``growth_channels=32`` (``gc``), nearest + conv up-sampling, LeakyReLU 0.2,
+  16,697,987 parameters for RGB ``x4``.
 - :func:`se_esrgan`: the SE-ESRGAN generator of the USenhance 2023 repository Smruti0603/Uneshance_2023 (PyTorch-GAN
   ESRGAN variant): 24 RRDBs with growth 64, pixel-shuffle up-sampling, LeakyReLU 0.01 and a bias-free squeeze-excite
   block after the last up-sampling stage, 40,209,987 parameters for RGB ``x4``.
+
+The constructors name the paper's ``nf``, ``gc`` and ``nb`` (trunk width, growth channels, number of RRDBs)
+``features``, ``growth_channels`` and ``num_blocks``; the old names are accepted, with a ``DeprecationWarning``, until
+version 0.2.0 (:mod:`networks.deprecation`). The squeeze-excite block is the shared
+:class:`~networks.blocks.SqueezeExcitation`.
 
 In 3D the up-sampling factor may differ per axis, e.g. ``scale=(1, 1, 4)`` up-samples only the slice axis of a
 ``(B, C, H, W, D)`` volume. The discriminator exposes the feature map after each stride-2 stage for feature-matching
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,6 +36,8 @@ from monai.networks.layers.utils import get_act_layer
 from monai.utils import ensure_tuple_rep
 
 from .blocks.shapes import sizes_text
+from .blocks.squeeze_excitation import SqueezeExcitation
+from .deprecation import check_renamed, renamed_args
 
 __all__ = [
     "ResidualDenseBlock",
@@ -49,7 +58,7 @@ UPSAMPLE_MODES = ("nearest_conv", "pixelshuffle")
 DISCRIMINATOR_HEADS = ("fc", "patch", "gap")
 
 
-def _conv3(spatial_dims: int, in_chns: int, out_chns: int, bias: bool = True) -> nn.Module:
+def _conv3(spatial_dims: int, in_chns: int, out_chns: int, bias: bool = True) -> nn.Conv1d | nn.Conv2d | nn.Conv3d:
     """A 3x3(x3) convolution with stride 1 and "same" padding."""
     return Conv[Conv.CONV, spatial_dims](in_chns, out_chns, kernel_size=3, stride=1, padding=1, bias=bias)
 
@@ -107,37 +116,47 @@ def pixel_shuffle_per_axis(x: torch.Tensor, factors: list[int]) -> torch.Tensor:
 class ResidualDenseBlock(nn.Module):
     """Residual dense block (RDB) of ESRGAN: five densely connected 3x3 convs, output ``x + 0.2 * conv5``."""
 
+    @renamed_args(nf="features", gc="growth_channels")
     def __init__(
         self,
         spatial_dims: int,
-        nf: int = 64,
-        gc: int = 32,
+        features: int = 64,
+        growth_channels: int = 32,
         lrelu_slope: float = 0.2,
         residual_scale: float = 0.2,
         init_scale: float = 0.1,
+        nf: int | None = None,
+        gc: int | None = None,
     ) -> None:
         """
         Args:
             spatial_dims: number of spatial dimensions.
-            nf: number of input and output channels.
-            gc: growth channels: the output width of convs 1-4 (conv ``i`` sees ``nf + (i - 1) * gc`` channels).
+            features: number of input and output channels (the paper's ``nf``).
+            growth_channels: the output width of convs 1-4 (the paper's ``gc``; conv ``i`` sees
+                ``features + (i - 1) * growth_channels`` channels).
             lrelu_slope: negative slope of the LeakyReLU after convs 1-4 (conv 5 has no activation).
             residual_scale: the factor applied to conv 5 before the residual addition.
             init_scale: Kaiming-normal weights are multiplied by this factor ("smaller initialisation"); biases are 0.
+            nf: deprecated name of ``features``.
+            gc: deprecated name of ``growth_channels``.
         """
         super().__init__()
+        check_renamed("ResidualDenseBlock", "features", features, "nf", nf)
+        check_renamed("ResidualDenseBlock", "growth_channels", growth_channels, "gc", gc)
+        c, g = features, growth_channels
         self.residual_scale = residual_scale
-        self.conv1 = _conv3(spatial_dims, nf, gc)
-        self.conv2 = _conv3(spatial_dims, nf + gc, gc)
-        self.conv3 = _conv3(spatial_dims, nf + 2 * gc, gc)
-        self.conv4 = _conv3(spatial_dims, nf + 3 * gc, gc)
-        self.conv5 = _conv3(spatial_dims, nf + 4 * gc, nf)
+        self.conv1 = _conv3(spatial_dims, c, g)
+        self.conv2 = _conv3(spatial_dims, c + g, g)
+        self.conv3 = _conv3(spatial_dims, c + 2 * g, g)
+        self.conv4 = _conv3(spatial_dims, c + 3 * g, g)
+        self.conv5 = _conv3(spatial_dims, c + 4 * g, c)
         self.lrelu = _lrelu(lrelu_slope)
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
             nn.init.kaiming_normal_(conv.weight)
             with torch.no_grad():
                 conv.weight.mul_(init_scale)
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.lrelu(self.conv1(x))
@@ -151,58 +170,37 @@ class ResidualDenseBlock(nn.Module):
 class RRDB(nn.Module):
     """Residual-in-residual dense block: three RDBs in sequence, output ``x + 0.2 * rdb3(rdb2(rdb1(x)))``."""
 
+    @renamed_args(nf="features", gc="growth_channels")
     def __init__(
-        self, spatial_dims: int, nf: int = 64, gc: int = 32, lrelu_slope: float = 0.2, residual_scale: float = 0.2
+        self,
+        spatial_dims: int,
+        features: int = 64,
+        growth_channels: int = 32,
+        lrelu_slope: float = 0.2,
+        residual_scale: float = 0.2,
+        nf: int | None = None,
+        gc: int | None = None,
     ) -> None:
         """
         Args:
             spatial_dims: number of spatial dimensions.
-            nf: number of input and output channels.
-            gc: growth channels of the dense blocks.
+            features: number of input and output channels (the paper's ``nf``).
+            growth_channels: growth channels of the dense blocks (the paper's ``gc``).
             lrelu_slope: negative slope of the LeakyReLUs inside the dense blocks.
             residual_scale: residual scaling of the RRDB and of each of its RDBs.
+            nf: deprecated name of ``features``.
+            gc: deprecated name of ``growth_channels``.
         """
         super().__init__()
+        check_renamed("RRDB", "features", features, "nf", nf)
+        check_renamed("RRDB", "growth_channels", growth_channels, "gc", gc)
         self.residual_scale = residual_scale
-        self.rdb1 = ResidualDenseBlock(spatial_dims, nf, gc, lrelu_slope, residual_scale)
-        self.rdb2 = ResidualDenseBlock(spatial_dims, nf, gc, lrelu_slope, residual_scale)
-        self.rdb3 = ResidualDenseBlock(spatial_dims, nf, gc, lrelu_slope, residual_scale)
+        self.rdb1 = ResidualDenseBlock(spatial_dims, features, growth_channels, lrelu_slope, residual_scale)
+        self.rdb2 = ResidualDenseBlock(spatial_dims, features, growth_channels, lrelu_slope, residual_scale)
+        self.rdb3 = ResidualDenseBlock(spatial_dims, features, growth_channels, lrelu_slope, residual_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.residual_scale * self.rdb3(self.rdb2(self.rdb1(x)))
-
-
-class SqueezeExcitation(nn.Module):
-    """Channel squeeze-and-excitation (Hu et al., CVPR 2018) with optional biases, for any number of spatial dims.
-
-    The Uneshance generator uses bias-free FC layers (``64 -> 8 -> 64``: 1,024 parameters);
-    :py:class:`monai.networks.blocks.ChannelSELayer` always has biases (1,096 parameters), hence this block.
-    """
-
-    def __init__(self, spatial_dims: int, channels: int, ratio: int = 8, bias: bool = False) -> None:
-        """
-        Args:
-            spatial_dims: number of spatial dimensions.
-            channels: number of channels C of the input.
-            ratio: reduction ratio: the hidden FC layer has ``C // ratio`` units.
-            bias: whether the two FC layers have biases.
-        """
-        super().__init__()
-        hidden = channels // ratio
-        if hidden < 1:
-            raise ValueError(f"se_ratio must be at most the channel count, got ratio={ratio} for {channels} channels.")
-        self.avg_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
-        self.fc = nn.Sequential(
-            nn.Linear(channels, hidden, bias=bias),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, channels, bias=bias),
-            nn.Sigmoid(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[0], x.shape[1]
-        w = self.fc(self.avg_pool(x).view(b, c)).view([b, c] + [1] * (x.ndim - 2))
-        return x * w
 
 
 class NearestConvUpsample(nn.Sequential):
@@ -282,7 +280,7 @@ class _AnisotropicSubpixel(nn.Module):
 class RRDBNet(nn.Module):
     """ESRGAN generator: RRDB trunk with a long skip, up-sampling stages, optional squeeze-excite, HR convs.
 
-    ``conv_first -> [nb x RRDB -> conv_body] + skip -> up-sampling (x2 stages) -> [SE] -> conv_hr -> LReLU ->
+    ``conv_first -> [num_blocks x RRDB -> conv_body] + skip -> up-sampling (x2 stages) -> [SE] -> conv_hr -> LReLU ->
     conv_last``. No batch normalisation anywhere and no output activation. Works in 2D and 3D; in 3D the scale may
     differ per axis (e.g. ``(1, 1, 4)`` for slice-axis super-resolution).
 
@@ -298,15 +296,15 @@ class RRDBNet(nn.Module):
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: number of input channels.
         out_channels: number of output channels.
-        nf: trunk width (channels of every RRDB).
-        gc: growth channels of the dense blocks.
-        nb: number of RRDBs in the trunk.
+        features: trunk width, the channels of every RRDB (the paper's ``nf``).
+        growth_channels: growth channels of the dense blocks (the paper's ``gc``).
+        num_blocks: number of RRDBs in the trunk (the paper's ``nb``).
         scale: up-sampling factor, an int or one int per spatial axis; every factor must be a power of two.
             Each x2 step is one up-sampling stage; ``scale=1`` gives a same-size enhancement network.
         upsample: ``"nearest_conv"`` (ESRGAN: nearest x2 -> conv -> LReLU) or ``"pixelshuffle"``
-            (conv to ``nf * 2**n`` channels -> pixel shuffle -> LReLU).
+            (conv to ``features * 2**n`` channels -> pixel shuffle -> LReLU).
         se_after_upsample: insert a squeeze-excite block after the last up-sampling stage (SE-ESRGAN).
-        se_ratio: reduction ratio of the squeeze-excite block.
+        se_ratio: reduction ratio of the squeeze-excite block (at most ``features``).
         se_bias: whether the squeeze-excite FC layers have biases (Uneshance: no).
         lrelu_slope: negative slope of every LeakyReLU (ESRGAN 0.2; Uneshance 0.01, PyTorch's default).
         interpolation_skip: ``None`` (the published generators) or an ``F.interpolate`` mode (``"bicubic"`` in 2D,
@@ -316,16 +314,20 @@ class RRDBNet(nn.Module):
             parameters, and ``conv_last`` starts at a tenth of its default scale so that training starts from the
             interpolation. Medical images are mostly smooth, so this makes beating interpolation the starting point
             rather than something the trunk has to learn first.
+        nf: deprecated name of ``features``.
+        gc: deprecated name of ``growth_channels``.
+        nb: deprecated name of ``num_blocks``.
     """
 
+    @renamed_args(nf="features", gc="growth_channels", nb="num_blocks")
     def __init__(
         self,
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        nf: int = 64,
-        gc: int = 32,
-        nb: int = 23,
+        features: int = 64,
+        growth_channels: int = 32,
+        num_blocks: int = 23,
         scale: int | Sequence[int] = 4,
         upsample: str = "nearest_conv",
         se_after_upsample: bool = False,
@@ -333,10 +335,20 @@ class RRDBNet(nn.Module):
         se_bias: bool = False,
         lrelu_slope: float = 0.2,
         interpolation_skip: str | None = None,
+        nf: int | None = None,
+        gc: int | None = None,
+        nb: int | None = None,
     ) -> None:
         super().__init__()
+        check_renamed("RRDBNet", "features", features, "nf", nf)
+        check_renamed("RRDBNet", "growth_channels", growth_channels, "gc", gc)
+        check_renamed("RRDBNet", "num_blocks", num_blocks, "nb", nb)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if se_after_upsample and se_ratio >= 1 and features // se_ratio < 1:
+            raise ValueError(
+                f"se_ratio must be at most the channel count, got ratio={se_ratio} for {features} channels."
+            )
         if interpolation_skip == "auto":
             interpolation_skip = "bicubic" if spatial_dims == 2 else "trilinear"
         allowed_skips = {2: ("nearest", "bilinear", "bicubic"), 3: ("nearest", "trilinear")}[spatial_dims]
@@ -355,19 +367,20 @@ class RRDBNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.scale = _scale_factors(scale, spatial_dims)
 
-        self.conv_first = _conv3(spatial_dims, in_channels, nf)
-        self.body = nn.Sequential(*[RRDB(spatial_dims, nf, gc, lrelu_slope) for _ in range(nb)])
-        self.conv_body = _conv3(spatial_dims, nf, nf)
+        width = features
+        self.conv_first = _conv3(spatial_dims, in_channels, width)
+        self.body = nn.Sequential(*[RRDB(spatial_dims, width, growth_channels, lrelu_slope) for _ in range(num_blocks)])
+        self.conv_body = _conv3(spatial_dims, width, width)
         stage = NearestConvUpsample if upsample == "nearest_conv" else PixelShuffleUpsample
         self.upsample = nn.Sequential(
-            *[stage(spatial_dims, nf, factors, lrelu_slope) for factors in _x2_stages(self.scale)]
+            *[stage(spatial_dims, width, factors, lrelu_slope) for factors in _x2_stages(self.scale)]
         )
         self.se: nn.Module = (
-            SqueezeExcitation(spatial_dims, nf, se_ratio, bias=se_bias) if se_after_upsample else nn.Identity()
+            SqueezeExcitation(spatial_dims, width, se_ratio, bias=se_bias) if se_after_upsample else nn.Identity()
         )
-        self.conv_hr = _conv3(spatial_dims, nf, nf)
+        self.conv_hr = _conv3(spatial_dims, width, width)
         self.lrelu = _lrelu(lrelu_slope)
-        self.conv_last = _conv3(spatial_dims, nf, out_channels)
+        self.conv_last = _conv3(spatial_dims, width, out_channels)
         if interpolation_skip is not None:
             with torch.no_grad():
                 self.conv_last.weight.mul_(0.1)
@@ -387,34 +400,59 @@ class RRDBNet(nn.Module):
         return out
 
 
+@renamed_args(nf="features", gc="growth_channels", nb="num_blocks")
 def esrgan(
-    spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 3, scale: int | Sequence[int] = 4, **kwargs
+    spatial_dims: int = 2,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    scale: int | Sequence[int] = 4,
+    nf: int | None = None,
+    gc: int | None = None,
+    nb: int | None = None,
+    **kwargs,
 ) -> RRDBNet:
-    """The published ESRGAN generator: nb 23, nf 64, gc 32, nearest + conv up-sampling, LeakyReLU 0.2, no SE.
+    """The published ESRGAN generator: 23 RRDBs (``num_blocks``, the paper's nb), width 64 (``features``, nf), growth
+    32 (``growth_channels``, gc), nearest + conv up-sampling, LeakyReLU 0.2, no SE.
 
     16,697,987 parameters for 2D RGB; 50,066,819 for 3D RGB (50,059,905 with one channel in and out).
     ``kwargs`` override any other :class:`RRDBNet` argument, e.g. the lighter 3D configuration
-    ``esrgan(spatial_dims=3, in_channels=1, out_channels=1, scale=(1, 1, 4), nb=8, nf=32, gc=16)`` (4,427,873).
+    ``esrgan(spatial_dims=3, in_channels=1, out_channels=1, scale=(1, 1, 4), num_blocks=8, features=32,
+    growth_channels=16)`` (4,427,873). ``nf``, ``gc`` and ``nb`` are the deprecated names of ``features``,
+    ``growth_channels`` and ``num_blocks``.
     """
-    config = {"nf": 64, "gc": 32, "nb": 23, "upsample": "nearest_conv", "se_after_upsample": False, "lrelu_slope": 0.2}
+    _check_preset_renames("esrgan", kwargs, nf, gc, nb)
+    config: dict[str, Any] = {"features": 64, "growth_channels": 32, "num_blocks": 23, "upsample": "nearest_conv",
+                              "se_after_upsample": False, "lrelu_slope": 0.2}
     config.update(kwargs)
     return RRDBNet(spatial_dims, in_channels, out_channels, scale=scale, **config)
 
 
+@renamed_args(nf="features", gc="growth_channels", nb="num_blocks")
 def se_esrgan(
-    spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 3, scale: int | Sequence[int] = 4, **kwargs
+    spatial_dims: int = 2,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    scale: int | Sequence[int] = 4,
+    nf: int | None = None,
+    gc: int | None = None,
+    nb: int | None = None,
+    **kwargs,
 ) -> RRDBNet:
-    """SE-ESRGAN as released in Smruti0603/Uneshance_2023: nb 24, nf 64, growth 64, pixel shuffle, SE (ratio 8,
-    no biases) after the last up-sampling stage, LeakyReLU 0.01 everywhere.
+    """SE-ESRGAN as released in Smruti0603/Uneshance_2023: 24 RRDBs (``num_blocks``), width 64 (``features``), growth
+    64 (``growth_channels``), pixel shuffle, SE (ratio 8, no biases) after the last up-sampling stage, LeakyReLU 0.01
+    everywhere.
 
-    40,209,987 parameters for 2D RGB ``x4``, exactly the count of the reference generator (38,550,147 with ``nb=23``).
+    40,209,987 parameters for 2D RGB ``x4``, exactly the count of the reference generator (38,550,147 with
+    ``num_blocks=23``).
     Differences from the reference that do not change the count: the dense-block convs get ESRGAN's Kaiming x 0.1
     initialisation (PyTorch-GAN keeps PyTorch's default) and the pixel-shuffle convs get ICNR initialisation.
+    ``nf``, ``gc`` and ``nb`` are the deprecated names of ``features``, ``growth_channels`` and ``num_blocks``.
     """
-    config = {
-        "nf": 64,
-        "gc": 64,
-        "nb": 24,
+    _check_preset_renames("se_esrgan", kwargs, nf, gc, nb)
+    config: dict[str, Any] = {
+        "features": 64,
+        "growth_channels": 64,
+        "num_blocks": 24,
         "upsample": "pixelshuffle",
         "se_after_upsample": True,
         "se_ratio": 8,
@@ -426,6 +464,13 @@ def se_esrgan(
 
 
 se_esrgan_uneshance = se_esrgan
+
+
+def _check_preset_renames(owner: str, kwargs: dict, nf: int | None, gc: int | None, nb: int | None) -> None:
+    """Refuse a preset call that gives a deprecated name besides its new one (``renamed_args`` put the old value
+    into ``kwargs`` under the new name)."""
+    for new, old, value in (("features", "nf", nf), ("growth_channels", "gc", gc), ("num_blocks", "nb", nb)):
+        check_renamed(owner, new, kwargs.get(new), old, value)
 
 
 class DiscriminatorStage(nn.Sequential):
@@ -488,7 +533,7 @@ class VGGStyleDiscriminator(nn.Module):
     """VGG-style discriminator of ESRGAN (VGG-128), for 2D and 3D, with a fully connected or a patch head.
 
     Stages of [3x3 conv -> norm -> LReLU -> stride-2 conv -> norm -> LReLU] at widths
-    ``base_features * channel_mults`` (64, 128, 256, 512, 512 by default), then a head:
+    ``features * channel_mults`` (64, 128, 256, 512, 512 by default), then a head:
 
     - ``"fc"``: flatten -> Linear(-> ``fc_hidden``) -> LReLU -> Linear(-> 1). Locked to ``in_shape``.
       Output ``(B, 1)``. With 3 channels and ``in_shape=128`` this is ESRGAN's VGG-128 (14,499,401 parameters).
@@ -508,7 +553,7 @@ class VGGStyleDiscriminator(nn.Module):
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: number of input channels.
         in_shape: spatial input size (int or one per axis); required by ``head="fc"``, ignored otherwise.
-        base_features: width of the first stage.
+        features: width of the first stage.
         channel_mults: width multiplier of each stage; its length is the number of stride-2 stages.
         head: ``"fc"``, ``"patch"`` or ``"gap"``.
         fc_hidden: hidden units of the ``"fc"`` and ``"gap"`` heads.
@@ -516,14 +561,16 @@ class VGGStyleDiscriminator(nn.Module):
         act: activation type and arguments.
         norm: feature normalization type and arguments (not applied to the first conv).
         bias: whether the normalised convolutions have a bias term.
+        base_features: deprecated name of ``features``.
     """
 
+    @renamed_args(base_features="features")
     def __init__(
         self,
         spatial_dims: int,
         in_channels: int,
         in_shape: int | Sequence[int] | None = None,
-        base_features: int = 64,
+        features: int = 64,
         channel_mults: Sequence[int] = (1, 2, 4, 8, 8),
         head: str = "fc",
         fc_hidden: int = 100,
@@ -531,8 +578,10 @@ class VGGStyleDiscriminator(nn.Module):
         act: str | tuple = ("leakyrelu", {"negative_slope": 0.2, "inplace": True}),
         norm: str | tuple = "batch",
         bias: bool = False,
+        base_features: int | None = None,
     ) -> None:
         super().__init__()
+        check_renamed("VGGStyleDiscriminator", "features", features, "base_features", base_features)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if head not in DISCRIMINATOR_HEADS:
@@ -542,7 +591,7 @@ class VGGStyleDiscriminator(nn.Module):
         self.spatial_dims = spatial_dims
         self.head_type = head
         self.down_kernel_size = down_kernel_size
-        widths = [base_features * m for m in channel_mults]
+        widths = [features * m for m in channel_mults]
 
         stages = []
         for i, width in enumerate(widths):

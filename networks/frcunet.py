@@ -8,95 +8,58 @@ https://github.com/rezazad68/FRCU-Net (function ``mymodel``, called with ``input
 layer (DeepLabv3+ Xception-65 encoder, 3-conv reduction, frequency re-calibration, post-processing, three-skip
 decoder; see the class docstring for the layer map and what differs). ``encoder="unet"`` (the default, 2D and 3D) is
 this project's design: a plain U-Net encoder/decoder, drawn after the paper's figure, around the authors' frequency
-re-calibration module (:class:`FrequencyRecalibration`, shared by both).
+re-calibration module (:class:`FrequencyRecalibration`, shared by both), built from MONAI's ``TwoConv`` and ``Down``
+(``monai.networks.nets.basic_unet``, which MONAI's ``BasicUNetPlusPlus`` imports too) and :class:`UpConvNormCat`.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import cast
 
 import torch
 import torch.nn as nn
 
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Conv, Dropout, Pool
+from monai.networks.layers.factories import Conv, Dropout
 from monai.networks.layers.utils import get_act_layer
+from monai.networks.nets.basic_unet import Down, TwoConv
 
 from .blocks.filters import FixedDepthwiseFilter, gaussian_kernel
 from .blocks.keras_compat import KERAS_BN_EPS, KERAS_BN_MOMENTUM, Conv2dSame, keras_glorot_uniform_, keras_he_normal_
 from .blocks.shapes import divisible_spatial, shape_text
+from .blocks.squeeze_excitation import excitation_mlp
 from .blocks.xception import XCEPTION65_WIDTHS, Xception65, load_xception_state_dict
+from .deprecation import deprecated_alias_getattr
 
 __all__ = [
-    "DoubleConv",
-    "Down",
-    "UpCat",
+    "UpConvNormCat",
     "NearestUpCat",
     "LevelSqueezeExcitation",
     "FrequencyRecalibration",
     "FRCUNet",
 ]
 
-
-class DoubleConv(nn.Sequential):
-    """Two 3x3 convolutions, each followed by normalisation and activation."""
-
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_chns: int,
-        out_chns: int,
-        act: str | tuple,
-        norm: str | tuple,
-        bias: bool,
-    ) -> None:
-        """
-        Args:
-            spatial_dims: number of spatial dimensions.
-            in_chns: number of input channels.
-            out_chns: number of output channels.
-            act: activation type and arguments.
-            norm: feature normalization type and arguments.
-            bias: whether the convolutions have a bias term.
-        """
-        super().__init__()
-        self.add_module(
-            "conv_0", Convolution(spatial_dims, in_chns, out_chns, act=act, norm=norm, bias=bias, padding=1)
-        )
-        self.add_module(
-            "conv_1", Convolution(spatial_dims, out_chns, out_chns, act=act, norm=norm, bias=bias, padding=1)
-        )
+# renamed for one version: FRCU-Net's double convolution and down-sampling were MONAI's ``TwoConv`` and ``Down``
+# written out again (MONAI's ``Down`` is imported here under its own name); ``UpCat`` named another computation than
+# MONAI's ``UpCat`` and the U-Net family's
+__getattr__ = deprecated_alias_getattr(
+    __name__,
+    {
+        "DoubleConv": ("monai.networks.nets.basic_unet.TwoConv", lambda: TwoConv),
+        "UpCat": ("networks.frcunet.UpConvNormCat", lambda: UpConvNormCat),
+    },
+)
 
 
-class Down(nn.Sequential):
-    """2x max-pooling followed by a :class:`DoubleConv`."""
+class UpConvNormCat(nn.Module):
+    """Up-Conv 2x2 (stride 2) + normalisation, concatenation ``[skip, up]``, then MONAI's ``TwoConv``.
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_chns: int,
-        out_chns: int,
-        act: str | tuple,
-        norm: str | tuple,
-        bias: bool,
-    ) -> None:
-        """
-        Args:
-            spatial_dims: number of spatial dimensions.
-            in_chns: number of input channels.
-            out_chns: number of output channels.
-            act: activation type and arguments.
-            norm: feature normalization type and arguments.
-            bias: whether the convolutions have a bias term.
-        """
-        super().__init__()
-        self.add_module("max_pooling", Pool[Pool.MAX, spatial_dims](kernel_size=2))
-        self.add_module("convs", DoubleConv(spatial_dims, in_chns, out_chns, act, norm, bias))
-
-
-class UpCat(nn.Module):
-    """Up-Conv 2x2 (stride 2) + normalisation, concatenation with the encoder feature map, :class:`DoubleConv`."""
+    MONAI's ``UpCat`` (``monai.networks.nets.basic_unet``) up-samples without a normalisation (and by default halves
+    the channels), so it does not build the paper's Up-Conv 2x2 + BN.
+    """
 
     def __init__(
         self,
@@ -132,7 +95,7 @@ class UpCat(nn.Module):
             padding=0,
             output_padding=0,
         )
-        self.convs = DoubleConv(spatial_dims, cat_chns + out_chns, out_chns, act, norm, bias)
+        self.convs = TwoConv(spatial_dims, cat_chns + out_chns, out_chns, act, norm, bias)
 
     def forward(self, x: torch.Tensor, x_e: torch.Tensor) -> torch.Tensor:
         """
@@ -182,10 +145,12 @@ class NearestUpCat(nn.Module):
 
 
 class LevelSqueezeExcitation(nn.Module):
-    """Squeeze-and-excitation applied to each frequency level with one MLP shared by all levels.
+    """Squeeze-and-excitation applied to each frequency level with one excitation shared by all levels.
 
     Per level: global average pooling, then ``C -> C -> C // reduction -> C`` fully connected layers without biases
-    (activation, activation, sigmoid), and the level is multiplied by the resulting channel weights.
+    (activation, activation, sigmoid; :func:`~networks.blocks.squeeze_excitation.excitation_mlp`, the excitation of
+    :class:`~networks.blocks.SqueezeExcitation` with the authors' extra first layer), and the level is multiplied by
+    the resulting channel weights. The levels' pooled vectors go through the shared MLP as one ``(B, L, C)`` batch.
     """
 
     def __init__(self, channels: int, reduction: int = 8, act: str | tuple = "relu") -> None:
@@ -198,15 +163,7 @@ class LevelSqueezeExcitation(nn.Module):
         super().__init__()
         if reduction < 1:
             raise ValueError(f"se reduction must be >= 1, got {reduction}.")
-        hidden = max(1, channels // reduction)
-        self.mlp = nn.Sequential(
-            nn.Linear(channels, channels, bias=False),
-            get_act_layer(act),
-            nn.Linear(channels, hidden, bias=False),
-            get_act_layer(act),
-            nn.Linear(hidden, channels, bias=False),
-            nn.Sigmoid(),
-        )
+        self.mlp = excitation_mlp(channels, (channels, max(1, channels // reduction)), act, bias=False)
 
     def forward(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         """
@@ -346,12 +303,12 @@ class FRCUNet(nn.Module):
     above. This variant takes the figure's widths, a plain U-Net encoder and a fourth, full-resolution skip that
     neither has. Only ``fr`` is the authors'. Layout (defaults in brackets):
 
-    - encoder: :class:`DoubleConv` at ``features[0]`` [64], then :class:`Down` (max-pool 2, double conv) for each of
+    - encoder: MONAI's ``TwoConv`` at ``features[0]`` [64], then MONAI's ``Down`` (max-pool 2, ``TwoConv``) for each of
       ``features[1:]`` [128, 256, 512, 1024]; each conv is Conv3x3 + norm + act.
     - bottleneck: Conv1x1 ``features[-1] -> freq_channels`` [1024 -> 256] + norm + act,
       :class:`FrequencyRecalibration`, 2x (Conv3x3 ``freq_channels -> freq_channels`` + norm + act), dropout.
-    - decoder: for each of ``reversed(features[:-1])`` [512, 256, 128, 64], :class:`UpCat` (Up-Conv 2x2 + norm to that
-      width, concatenation with the skip, double conv): four skips, the first at full resolution.
+    - decoder: for each of ``reversed(features[:-1])`` [512, 256, 128, 64], :class:`UpConvNormCat` (Up-Conv 2x2 +
+      norm to that width, concatenation with the skip, ``TwoConv``): four skips, the first at full resolution.
     - head: Conv1x1 to ``out_channels`` (logits; apply sigmoid or softmax in the loss).
 
     The post-FR convolutions stay at ``freq_channels`` and the first up-convolution maps ``freq_channels`` to
@@ -440,17 +397,18 @@ class FRCUNet(nn.Module):
         self.use_xception = encoder == "xception"
         self.encoder_name = encoder
         self.shape_hint = "(B, C, " + ", ".join(["S"] * spatial_dims) + ")"
-        fr_args = {
-            "kernel_sizes": gauss_kernel_sizes,
-            "sigma0": sigma0,
-            "sigma_step": sigma_step,
-            "se_reduction": se_reduction,
-            "padding_mode": padding_mode,
-            "keras_init": keras_init,
-        }
+        fr = partial(
+            FrequencyRecalibration,
+            kernel_sizes=gauss_kernel_sizes,
+            sigma0=sigma0,
+            sigma_step=sigma_step,
+            se_reduction=se_reduction,
+            padding_mode=padding_mode,
+            keras_init=keras_init,
+        )
         if self.use_xception:
             self._build_xception(
-                in_channels, out_channels, freq_channels, fr_args, dropout, xception_features, middle_blocks,
+                in_channels, out_channels, freq_channels, fr, dropout, xception_features, middle_blocks,
                 reduction_features, decoder_features, keras_bn, keras_init,
             )
             if pretrained_encoder is not None:
@@ -463,23 +421,23 @@ class FRCUNet(nn.Module):
         self.features = features
         self.divisor = 2 ** (len(features) - 1)
 
-        self.conv_0 = DoubleConv(spatial_dims, in_channels, features[0], act, norm, bias)
+        self.conv_0 = TwoConv(spatial_dims, in_channels, features[0], act, norm, bias)
         self.downs = nn.ModuleList(
             Down(spatial_dims, c_in, c_out, act, norm, bias) for c_in, c_out in zip(features[:-1], features[1:])
         )
         self.reduce = Convolution(
             spatial_dims, features[-1], freq_channels, kernel_size=1, act=act, norm=norm, bias=bias, padding=0
         )
-        self.fr = FrequencyRecalibration(spatial_dims, freq_channels, act=act, **fr_args)
+        self.fr = fr(spatial_dims, freq_channels, act=act)
         self.post = nn.Sequential(
-            DoubleConv(spatial_dims, freq_channels, freq_channels, act, norm, bias),
+            TwoConv(spatial_dims, freq_channels, freq_channels, act, norm, bias),
             Dropout[Dropout.DROPOUT, spatial_dims](dropout),
         )
         decoder_widths = features[-2::-1]
         self.ups = nn.ModuleList()
         c_in = freq_channels
         for width in decoder_widths:
-            self.ups.append(UpCat(spatial_dims, c_in, width, width, act, norm, bias))
+            self.ups.append(UpConvNormCat(spatial_dims, c_in, width, width, act, norm, bias))
             c_in = width
         self.final_conv = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
 
@@ -488,7 +446,7 @@ class FRCUNet(nn.Module):
         in_channels: int,
         out_channels: int,
         freq_channels: int,
-        fr_args: dict,
+        fr: Callable[..., FrequencyRecalibration],
         dropout: float,
         xception_features: Sequence[int],
         middle_blocks: int,
@@ -497,13 +455,14 @@ class FRCUNet(nn.Module):
         keras_bn: bool,
         keras_init: bool,
     ) -> None:
-        """The authors' layers (see the class docstring); ``fr_args`` are :class:`FrequencyRecalibration`'s."""
+        """The authors' layers (see the class docstring); ``fr`` builds the :class:`FrequencyRecalibration`
+        (``fr(spatial_dims, channels, act=...)``, the other arguments bound)."""
         dec = tuple(int(c) for c in decoder_features)
         if len(dec) != 5 or min(dec) < 1:
             raise ValueError(f"decoder_features must hold 5 positive widths, got {tuple(decoder_features)}.")
         momentum = KERAS_BN_MOMENTUM if keras_bn else 0.1
         self.divisor = 16
-        self.encoder = Xception65(
+        self.encoder: Xception65 = Xception65(
             in_channels,
             xception_features,
             middle_blocks,
@@ -524,7 +483,7 @@ class FRCUNet(nn.Module):
             ("act", nn.ReLU(True)),
         ]
         self.reduction = nn.Sequential(OrderedDict(layers))
-        self.fr = FrequencyRecalibration(2, freq_channels, act="relu", **fr_args)
+        self.fr = fr(2, freq_channels, act="relu")
         self.post = nn.Sequential(
             OrderedDict(
                 [
@@ -567,15 +526,17 @@ class FRCUNet(nn.Module):
             he_normal = [
                 m for part in (self.post, self.ups, self.head) for m in part.modules() if isinstance(m, nn.Conv2d)
             ]
-            he_normal.remove(self.head.final_conv)
+            final_conv = cast(nn.Conv2d, self.head.final_conv)
+            he_normal.remove(final_conv)
             for m in self.reduction.modules():
                 if isinstance(m, nn.Conv2d):
                     keras_glorot_uniform_(m.weight)
-            keras_glorot_uniform_(self.head.final_conv.weight)
+            keras_glorot_uniform_(final_conv.weight)
             for m in he_normal:
                 keras_he_normal_(m.weight)
-            for m in he_normal + [self.head.final_conv]:
-                nn.init.zeros_(m.bias)
+            for m in he_normal + [final_conv]:
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """

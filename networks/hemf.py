@@ -4,7 +4,10 @@ A port of the authors' PyTorch code (repository ``Esgjgd/HEMF``, files ``main_mo
 ``EGF_block.py``, ``HEF_block.py``, ``MHEA.py``). It reproduces the code rather than the figure: the SIRMLP's 3x3
 convolution is dense, the two LayerNorms of an EGF block are shared by its inner layers, every fusion block carries the
 layers of both of its input paths, and the model-level initialisation skips the fusion blocks. With the default
-arguments ``HEMF(spatial_dims=2, in_channels=3, num_classes=7)`` has 68,269,367 parameters, as the reference.
+arguments ``HEMF(spatial_dims=2, in_channels=3, out_channels=7)`` has 68,269,367 parameters, as the reference.
+The stage widths are ``features`` and the classes ``out_channels``, as in the other networks of this package; the
+earlier names ``widths`` and ``num_classes`` are accepted, with a ``DeprecationWarning``, until version 0.2.0
+(:mod:`networks.deprecation`).
 
 In 3D the row/column retention becomes three axial passes (W, then H, then D) with a 1D Manhattan decay mask per axis;
 external attention runs over the flattened ``D*H*W`` tokens and the spatial attention uses a ``7x7x7`` kernel.
@@ -17,7 +20,6 @@ writes a negative source as a negative ``Transpose`` permutation that ONNX rejec
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -31,6 +33,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from .blocks.attention import ChannelAttention, MultiHeadExternalAttention, SpatialAttention
 from .blocks.shapes import divisible_spatial, shape_text
+from .deprecation import check_renamed, renamed_args
 
 __all__ = [
     "ChannelsFirstLayerNorm",
@@ -123,6 +126,9 @@ class RetentionRelPos(nn.Module):
         angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 2))
         exponent = initial_value + heads_range * torch.arange(num_heads, dtype=torch.float) / num_heads
         decay = torch.log(1 - 2**-exponent)
+        # buffers, declared for the type checker (``nn.Module.__getattr__`` is typed ``Tensor | Module``)
+        self.angle: torch.Tensor
+        self.decay: torch.Tensor
         self.register_buffer("angle", angle.repeat_interleave(2), persistent=False)
         self.register_buffer("decay", decay, persistent=False)
 
@@ -432,7 +438,7 @@ class HEMF(nn.Module):
     output is average-pooled, layer-normalised and classified by a linear layer.
 
     Input ``(B, in_channels, H, W)`` or ``(B, in_channels, D, H, W)`` with every spatial size divisible by
-    ``4 * 2 ** (len(widths) - 1)`` (32 for four stages); output logits ``(B, num_classes)``.
+    ``4 * 2 ** (len(features) - 1)`` (32 for four stages); output logits ``(B, out_channels)``.
 
     Initialisation reproduces the reference: after the branches and the head are built, Linear layers get truncated
     normal sigma 0.02 (bias 0) and the convolutions of the stems, ELF blocks, downsamplings and LePE sigma 0.2 (bias 0);
@@ -445,8 +451,8 @@ class HEMF(nn.Module):
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: number of input channels.
-        num_classes: number of output logits.
-        widths: channels of each stage.
+        out_channels: number of output logits (classes).
+        features: channels of each stage.
         elf_depths: ELF blocks per stage (int or one per stage).
         egf_depths: retention layers of the EGF block of each stage (int or one per stage).
         num_heads: heads of the retention and of the external attention.
@@ -462,14 +468,17 @@ class HEMF(nn.Module):
         sirmlp_depthwise: depthwise 3x3 in the SIRMLP (the paper's figure) instead of dense (the code).
         reference_fusion_layers: build the layers of both fusion paths in every fusion block, as the reference code does
             (they count in the parameters but the unused ones get no gradient); ``False`` builds only those used.
+        num_classes: deprecated name of ``out_channels``.
+        widths: deprecated name of ``features``.
     """
 
+    @renamed_args(num_classes="out_channels", widths="features")
     def __init__(
         self,
         spatial_dims: int = 2,
         in_channels: int = 3,
-        num_classes: int = 7,
-        widths: Sequence[int] = (96, 192, 384, 768),
+        out_channels: int = 7,
+        features: Sequence[int] = (96, 192, 384, 768),
         elf_depths: int | Sequence[int] = (4, 4, 4, 4),
         egf_depths: int | Sequence[int] = (3, 3, 3, 3),
         num_heads: int = 8,
@@ -484,12 +493,16 @@ class HEMF(nn.Module):
         act: str | tuple = "gelu",
         sirmlp_depthwise: bool = False,
         reference_fusion_layers: bool = True,
+        num_classes: int | None = None,
+        widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        check_renamed("HEMF", "out_channels", out_channels, "num_classes", num_classes)
+        check_renamed("HEMF", "features", features, "widths", widths)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-        widths = tuple(widths)
-        num_stages = len(widths)
+        stage_widths = tuple(features)
+        num_stages = len(stage_widths)
         elf_depths = _per_stage(elf_depths, num_stages, "elf_depths")
         egf_depths = _per_stage(egf_depths, num_stages, "egf_depths")
         self.spatial_dims = spatial_dims
@@ -497,18 +510,18 @@ class HEMF(nn.Module):
         conv_type = Conv[Conv.CONV, spatial_dims]
 
         def downsamplings() -> nn.ModuleList:
-            stem = conv_type(in_channels, widths[0], kernel_size=4, stride=4)
-            layers = [nn.Sequential(stem, ChannelsFirstLayerNorm(widths[0]))]
+            stem = conv_type(in_channels, stage_widths[0], kernel_size=4, stride=4)
+            layers = [nn.Sequential(stem, ChannelsFirstLayerNorm(stage_widths[0]))]
             for i in range(num_stages - 1):
-                down = conv_type(widths[i], widths[i + 1], kernel_size=2, stride=2)
-                layers.append(nn.Sequential(ChannelsFirstLayerNorm(widths[i]), down))
+                down = conv_type(stage_widths[i], stage_widths[i + 1], kernel_size=2, stride=2)
+                layers.append(nn.Sequential(ChannelsFirstLayerNorm(stage_widths[i]), down))
             return nn.ModuleList(layers)
 
         # local branch
         self.local_downsamples = downsamplings()
         rates = torch.linspace(0, drop_path_rate, sum(elf_depths), device="cpu").tolist()
         self.local_stages = nn.ModuleList()
-        for i, (width, depth) in enumerate(zip(widths, elf_depths)):
+        for i, (width, depth) in enumerate(zip(stage_widths, elf_depths)):
             start = sum(elf_depths[:i])
             self.local_stages.append(
                 nn.Sequential(*[ELFBlock(spatial_dims, width, rates[start + j], act) for j in range(depth)])
@@ -516,11 +529,11 @@ class HEMF(nn.Module):
         # global branch
         self.global_downsamples = downsamplings()
         self.global_stages = nn.ModuleList(
-            [EGFBlock(spatial_dims, w, num_heads, d, lepe_kernel_size) for w, d in zip(widths, egf_depths)]
+            [EGFBlock(spatial_dims, w, num_heads, d, lepe_kernel_size) for w, d in zip(stage_widths, egf_depths)]
         )
         # head
-        self.norm = nn.LayerNorm(widths[-1], eps=1e-6)
-        self.head = nn.Linear(widths[-1], num_classes)
+        self.norm = nn.LayerNorm(stage_widths[-1], eps=1e-6)
+        self.head = nn.Linear(stage_widths[-1], out_channels)
         branches = (self.local_downsamples, self.local_stages, self.global_downsamples, self.global_stages, self.head)
         for module in branches:
             module.apply(self._init_weights)
@@ -530,7 +543,7 @@ class HEMF(nn.Module):
                 HEFBlock(
                     spatial_dims,
                     width,
-                    previous_channels=widths[i - 1] if i > 0 else None,
+                    previous_channels=stage_widths[i - 1] if i > 0 else None,
                     num_heads=num_heads,
                     memory_size=memory_size,
                     ca_ratio=ca_ratio,
@@ -542,7 +555,7 @@ class HEMF(nn.Module):
                     norm=norm,
                     act=act,
                 )
-                for i, width in enumerate(widths)
+                for i, width in enumerate(stage_widths)
             ]
         )
 
@@ -576,10 +589,21 @@ class HEMF(nn.Module):
         return self.head(self.norm(fused.flatten(2).mean(-1)))
 
 
-def hemf_3d_light(in_channels: int = 1, num_classes: int = 2, **kwargs) -> HEMF:
-    """3D HEMF preset with halved widths (48, 96, 192, 384), 2 ELF blocks and 2 retention layers per stage.
+@renamed_args(num_classes="out_channels", widths="features")
+def hemf_3d_light(
+    in_channels: int = 1,
+    out_channels: int = 2,
+    num_classes: int | None = None,
+    widths: Sequence[int] | None = None,
+    **kwargs,
+) -> HEMF:
+    """3D HEMF preset with halved widths (``features`` 48, 96, 192, 384), 2 ELF blocks and 2 retention layers per
+    stage.
 
-    Further keyword arguments are passed to :class:`HEMF`.
+    Further keyword arguments are passed to :class:`HEMF`; ``num_classes`` and ``widths`` are the deprecated names of
+    ``out_channels`` and ``features``.
     """
-    config = {"widths": (48, 96, 192, 384), "elf_depths": 2, "egf_depths": 2, **kwargs}
-    return HEMF(spatial_dims=3, in_channels=in_channels, num_classes=num_classes, **config)
+    check_renamed("hemf_3d_light", "out_channels", out_channels, "num_classes", num_classes)
+    check_renamed("hemf_3d_light", "features", kwargs.get("features"), "widths", widths)
+    config = {"features": (48, 96, 192, 384), "elf_depths": 2, "egf_depths": 2, **kwargs}
+    return HEMF(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **config)

@@ -3,9 +3,18 @@
 Source: the Keras helpers ``Code/Functions/{unet,unetplusplus,resunet,resunetplusplus}_model.py`` of the course
 repository RezaSaadatyar/Medical-Image-Processing (Keras teaching code). The classes reproduce those
 layouts layer for layer (widths, kernel sizes, biases, concatenation order, the quirks listed below), so that with the
-default ``base_filters=16``, ``in_channels=3`` and ``out_channels=1`` the 2D parameter counts match the Keras models
-(1.94 M, 2.28 M, 4.72 M, 4.06 M). Convolutions, pooling and normalisation come from MONAI factories, so
-``spatial_dims=3`` gives the 3D analogue.
+default ``features=16`` (widths 16, 32, 64, 128, 256), ``in_channels=3`` and ``out_channels=1`` the 2D parameter
+counts match the Keras models (1.94 M, 2.28 M, 4.72 M, 4.06 M). Convolutions, pooling and normalisation come from
+MONAI factories, so ``spatial_dims=3`` gives the 3D analogue.
+
+Names: the networks are :class:`KerasUNet`, :class:`KerasUNetPlusPlus`, :class:`KerasResUNet` and
+:class:`KerasResUNetPlusPlus`, so that none reads as MONAI's ``UNet`` (a ``"_target_": "UNet"`` is MONAI's); the
+blocks whose names MONAI uses for other layers are ``Keras``-prefixed too (:class:`KerasDoubleConv`,
+:class:`KerasDown`, :class:`KerasUpCat`, :class:`KerasResidualUnit`, :class:`KerasAttentionBlock`). The level widths
+are ``features``, five widths or one int ``b`` for the Keras helpers' doubling ``(b, 2b, 4b, 8b, 16b)``. The earlier
+names (``UNet``, ``UNetPlusPlus``, ``ResUNet``, ``ResUNetPlusPlus``, ``base_filters``, the blocks' ``DoubleConv``,
+``Down``, ``UpCat``, ``ResidualUnit``, ``AttentionBlock``) still work, with a ``DeprecationWarning``, until version
+0.2.0 (:mod:`networks.deprecation`); the squeeze-excite block is the shared :class:`~networks.blocks.SqueezeExcitation`.
 
 Deliberate deviations from the Keras code, all of which leave the parameter counts unchanged:
 
@@ -39,7 +48,7 @@ head ``ds_head`` alone, computing only the nodes that head depends on (the prune
 
 Quirks kept on purpose, each behind an argument so that the textbook variant is one flag away:
 
-- UNet++ node X^{0,3} has ``2 * base_filters`` channels (``x03_quirk=True``).
+- UNet++ node X^{0,3} has ``2 * features[0]`` channels (``x03_quirk=True``).
 - The ResUNet++ attention block multiplies by the raw convolution output, with no sigmoid (``attention_sigmoid=False``).
 - ResUNet re-uses the batch-normalised encoder output both as the input of the next residual unit (main path *and*
   1x1 shortcut) and as the decoder skip; ResUNet++ instead feeds its shortcut with the un-normalised input.
@@ -52,6 +61,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -62,6 +72,9 @@ from monai.networks.layers.factories import Conv, Pool, split_args
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from .blocks.keras_compat import KERAS_BN_EPS, KERAS_BN_MOMENTUM, keras_he_normal_  # noqa: F401 (re-exported)
+from .blocks.shapes import shape_text, sizes_text
+from .blocks.squeeze_excitation import SqueezeExcitation
+from .deprecation import check_renamed, deprecated_alias_getattr, deprecated_class, renamed_args
 
 __all__ = [
     "UNET_TEACHING_DROPOUT",
@@ -69,17 +82,20 @@ __all__ = [
     "KERAS_BATCHNORM",
     "keras_norm",
     "keras_he_normal_",
-    "DoubleConv",
-    "Down",
-    "UpCat",
-    "SqueezeExcite",
+    "KerasDoubleConv",
+    "KerasDown",
+    "KerasUpCat",
     "ResidualStem",
-    "ResidualUnit",
+    "KerasResidualUnit",
     "PreActDoubleConv",
     "ResUpCat",
     "SumASPP",
-    "AttentionBlock",
+    "KerasAttentionBlock",
     "AttentionResUpCat",
+    "KerasUNet",
+    "KerasUNetPlusPlus",
+    "KerasResUNet",
+    "KerasResUNetPlusPlus",
     "UNet",
     "UNetPlusPlus",
     "ResUNet",
@@ -115,22 +131,24 @@ def keras_norm(norm: str | tuple | list | None) -> str | tuple | None:
 
     ``"batch"`` becomes ``("batch", {"momentum": 0.01, "eps": 0.001})``; arguments given in a tuple win, so
     ``("batch", {"momentum": 0.1, "eps": 1e-5})`` keeps PyTorch's defaults. Other norms and ``None`` are returned as
-    they are. (MONAI's factories have no per-network default arguments, hence this helper.)
+    they are (a list, as JSON gives a pair, as a tuple). (MONAI's factories have no per-network default arguments,
+    hence this helper.)
     """
     if norm is None:
         return None
     name, args = split_args(norm)
     if str(name).upper() not in _BATCH_NORMS:
-        return norm
+        return tuple(norm) if isinstance(norm, list) else norm
     return (name, {**KERAS_BATCHNORM, **args})
 
 
 def _norm(norm: str | tuple | None, spatial_dims: int, channels: int) -> nn.Module:
     """A normalisation layer from a MONAI factory spec (Keras defaults for batch norm, :func:`keras_norm`), or
     ``nn.Identity`` when ``norm`` is ``None``."""
-    if norm is None:
+    spec = keras_norm(norm)
+    if spec is None:
         return nn.Identity()
-    return get_norm_layer(name=keras_norm(norm), spatial_dims=spatial_dims, channels=channels)
+    return get_norm_layer(name=spec, spatial_dims=spatial_dims, channels=channels)
 
 
 def _conv(
@@ -157,9 +175,19 @@ def _rates(dropout: float | Sequence[float] | None, n: int, name: str) -> tuple[
     return rates
 
 
-def _shape_text(shape: list[int]) -> str:
-    """``(1, 1, 36, 32)``: a shape written as a tuple (TorchScript has no ``tuple(x.shape)``)."""
-    return "(" + ", ".join([str(s) for s in shape]) + ("," if len(shape) == 1 else "") + ")"
+def _level_widths(features: int | Sequence[int], name: str) -> list[int]:
+    """The five level widths: ``features`` itself, or ``b * 2**k`` (k = 0..4) for an int ``b``."""
+    if isinstance(features, bool):
+        raise ValueError(f"{name}: features must be an int or {_DEPTH} ints, got {features!r}.")
+    if isinstance(features, int):
+        widths = [features * 2**k for k in range(_DEPTH)]
+    else:
+        widths = [int(f) for f in features]
+        if len(widths) != _DEPTH:
+            raise ValueError(f"{name}: features needs one width per level ({_DEPTH}), got {tuple(features)}.")
+    if min(widths) < 1:
+        raise ValueError(f"{name}: features must be positive, got {features!r}.")
+    return widths
 
 
 def _check_input(x: torch.Tensor, spatial_dims: int, factor: int, name: str) -> None:
@@ -167,9 +195,9 @@ def _check_input(x: torch.Tensor, spatial_dims: int, factor: int, name: str) -> 
     if x.dim() != spatial_dims + 2:
         raise ValueError(
             f"{name} (spatial_dims={spatial_dims}) expects a {spatial_dims + 2}D input (B, C, *spatial), "
-            f"got shape {_shape_text(x.shape)}."
+            f"got shape {shape_text(x)}."
         )
-    spatial = x.shape[2:]
+    spatial = list(x.shape[2:])
     for s in spatial:
         if s % factor != 0:
             times = 0
@@ -178,7 +206,7 @@ def _check_input(x: torch.Tensor, spatial_dims: int, factor: int, name: str) -> 
                 f = f // 2
                 times += 1
             raise ValueError(
-                f"{name}: input shape {_shape_text(x.shape)} has spatial size {_shape_text(spatial)}, which is not "
+                f"{name}: input shape {shape_text(x)} has spatial size {sizes_text(spatial)}, which is not "
                 f"divisible by {factor} (the network down-samples {times} times by 2); pad or crop the input, e.g. "
                 f"with DivisiblePadd(k={factor})."
             )
@@ -205,7 +233,7 @@ def _keras_init(module: nn.Module, he_normal: Sequence[nn.Module]) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class DoubleConv(nn.Sequential):
+class KerasDoubleConv(nn.Sequential):
     """Two [Conv3x3 -> (norm) -> act] layers, with optional dropout after the block or after each convolution."""
 
     def __init__(
@@ -249,8 +277,8 @@ class DoubleConv(nn.Sequential):
             )
 
 
-class Down(nn.Sequential):
-    """MaxPool 2 followed by a :class:`DoubleConv`."""
+class KerasDown(nn.Sequential):
+    """MaxPool 2 followed by a :class:`KerasDoubleConv`."""
 
     def __init__(
         self,
@@ -269,18 +297,19 @@ class Down(nn.Sequential):
             out_channels: number of output channels.
             act: activation type and arguments.
             norm: feature normalisation type and arguments, or ``None``.
-            dropout: dropout rate of the :class:`DoubleConv`.
-            dropout_each: see :class:`DoubleConv`.
+            dropout: dropout rate of the :class:`KerasDoubleConv`.
+            dropout_each: see :class:`KerasDoubleConv`.
         """
         super().__init__()
         self.add_module("pool", Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2))
         self.add_module(
-            "convs", DoubleConv(spatial_dims, in_channels, out_channels, act, norm, dropout, dropout_each)
+            "convs", KerasDoubleConv(spatial_dims, in_channels, out_channels, act, norm, dropout, dropout_each)
         )
 
 
-class UpCat(nn.Module):
-    """ConvTranspose 2x2 stride 2 (no activation), concatenation with one or more skips, then a :class:`DoubleConv`."""
+class KerasUpCat(nn.Module):
+    """ConvTranspose 2x2 stride 2 (no activation), concatenation with one or more skips, then a
+    :class:`KerasDoubleConv`."""
 
     def __init__(
         self,
@@ -300,19 +329,19 @@ class UpCat(nn.Module):
             spatial_dims: number of spatial dimensions.
             in_channels: channels of the coarser feature that is up-sampled.
             skip_channels: total channels of the skip features (all of them, concatenated).
-            out_channels: output channels of the :class:`DoubleConv`.
+            out_channels: output channels of the :class:`KerasDoubleConv`.
             up_channels: output channels of the transposed convolution; defaults to ``out_channels``.
             act: activation type and arguments.
             norm: feature normalisation type and arguments, or ``None``.
-            dropout: dropout rate of the :class:`DoubleConv`.
-            dropout_each: see :class:`DoubleConv`.
+            dropout: dropout rate of the :class:`KerasDoubleConv`.
+            dropout_each: see :class:`KerasDoubleConv`.
             up_first: concatenate as ``[up, *skips]`` (UNet++) instead of ``[*skips, up]`` (U-Net).
         """
         super().__init__()
         up_channels = out_channels if up_channels is None else up_channels
         self.up_first = up_first
         self.up = Conv[Conv.CONVTRANS, spatial_dims](in_channels, up_channels, kernel_size=2, stride=2)
-        self.convs = DoubleConv(
+        self.convs = KerasDoubleConv(
             spatial_dims, up_channels + skip_channels, out_channels, act, norm, dropout, dropout_each
         )
 
@@ -326,34 +355,6 @@ class UpCat(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 # ResUNet / ResUNet++ blocks
 # --------------------------------------------------------------------------------------------------------------------
-
-
-class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation as in the Keras helper: GAP -> FC C/r ReLU -> FC C sigmoid (both without bias) -> scale.
-
-    MONAI's ``ChannelSELayer`` has biased linear layers, hence this small re-declaration.
-    """
-
-    def __init__(self, channels: int, reduction: int = 8, act: str | tuple = "relu"):
-        """
-        Args:
-            channels: number of channels C.
-            reduction: reduction ratio r of the hidden layer (``C // r`` units, at least 1).
-            act: activation of the hidden layer.
-        """
-        super().__init__()
-        hidden = max(1, channels // reduction)
-        self.fc = nn.Sequential(
-            nn.Linear(channels, hidden, bias=False),
-            get_act_layer(act),
-            nn.Linear(hidden, channels, bias=False),
-            nn.Sigmoid(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(B, C, *S)``; returns ``x`` scaled per channel, same shape."""
-        w = self.fc(x.flatten(2).mean(dim=2))
-        return x * w.reshape(list(w.shape) + [1] * (x.dim() - 2))
 
 
 class ResidualStem(nn.Module):
@@ -375,7 +376,8 @@ class ResidualStem(nn.Module):
             out_channels: number of output channels.
             act: activation type and arguments.
             norm: feature normalisation type and arguments, or ``None``.
-            se_reduction: add a :class:`SqueezeExcite` with this ratio after the sum (ResUNet++); ``None`` for none.
+            se_reduction: add a :class:`~networks.blocks.SqueezeExcitation` (no biases) with this ratio after the sum
+                (ResUNet++); ``None`` for none.
         """
         super().__init__()
         self.conv1 = _conv(spatial_dims, in_channels, out_channels, 3)
@@ -385,7 +387,7 @@ class ResidualStem(nn.Module):
         self.shortcut = nn.Sequential(
             _conv(spatial_dims, in_channels, out_channels, 1), _norm(norm, spatial_dims, out_channels)
         )
-        self.se = SqueezeExcite(out_channels, se_reduction, act) if se_reduction else nn.Identity()
+        self.se = SqueezeExcitation(spatial_dims, out_channels, se_reduction, act) if se_reduction else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``; returns ``(B, out_channels, *S)``."""
@@ -393,7 +395,7 @@ class ResidualStem(nn.Module):
         return self.se(y + self.shortcut(x))
 
 
-class ResidualUnit(nn.Module):
+class KerasResidualUnit(nn.Module):
     """Pre-activation residual unit: [(norm) -> act -> Conv3x3 s -> norm -> act -> Conv3x3] + [Conv1x1 s -> norm].
 
     With ``pre_norm=True`` (ResUNet++ ``resnet_block``) the unit normalises its input itself and the shortcut sees the
@@ -421,7 +423,8 @@ class ResidualUnit(nn.Module):
             act: activation type and arguments.
             norm: feature normalisation type and arguments, or ``None``.
             pre_norm: normalise the input inside the unit (see the class docstring).
-            se_reduction: add a :class:`SqueezeExcite` with this ratio after the sum; ``None`` for none.
+            se_reduction: add a :class:`~networks.blocks.SqueezeExcitation` (no biases) with this ratio after the sum;
+                ``None`` for none.
         """
         super().__init__()
         self.norm0 = _norm(norm, spatial_dims, in_channels) if pre_norm else nn.Identity()
@@ -433,7 +436,7 @@ class ResidualUnit(nn.Module):
         self.shortcut = nn.Sequential(
             _conv(spatial_dims, in_channels, out_channels, 1, stride=strides), _norm(norm, spatial_dims, out_channels)
         )
-        self.se = SqueezeExcite(out_channels, se_reduction, act) if se_reduction else nn.Identity()
+        self.se = SqueezeExcitation(spatial_dims, out_channels, se_reduction, act) if se_reduction else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``; returns ``(B, out_channels, *S / strides)``."""
@@ -471,8 +474,8 @@ class PreActDoubleConv(nn.Sequential):
 
 
 class ResUpCat(nn.Module):
-    """ResUNet decoder level: nearest up x2 -> concat ``[up, skip]`` -> norm -> :class:`ResidualUnit` (shortcut on the
-    normalised concatenation)."""
+    """ResUNet decoder level: nearest up x2 -> concat ``[up, skip]`` -> norm -> :class:`KerasResidualUnit` (shortcut on
+    the normalised concatenation)."""
 
     def __init__(
         self,
@@ -495,7 +498,7 @@ class ResUpCat(nn.Module):
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.norm = _norm(norm, spatial_dims, in_channels + skip_channels)
-        self.res = ResidualUnit(
+        self.res = KerasResidualUnit(
             spatial_dims, in_channels + skip_channels, out_channels, 1, act, norm, pre_norm=False
         )
 
@@ -539,12 +542,13 @@ class SumASPP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``; returns ``(B, out_channels, *S)``."""
         y = self.branches[0](x)
-        for branch in self.branches[1:]:
-            y = y + branch(x)
+        for i, branch in enumerate(self.branches):  # (TorchScript cannot call the modules of a sliced ModuleList)
+            if i > 0:
+                y = y + branch(x)
         return self.project(y)
 
 
-class AttentionBlock(nn.Module):
+class KerasAttentionBlock(nn.Module):
     """ResUNet++ attention: g (encoder, 2x finer) -> norm-act-Conv3x3 -> MaxPool 2; x (decoder) -> norm-act-Conv3x3;
     sum -> norm-act-Conv3x3 -> (sigmoid, off as in the Keras code) -> multiply with x."""
 
@@ -587,8 +591,8 @@ class AttentionBlock(nn.Module):
 
 
 class AttentionResUpCat(nn.Module):
-    """ResUNet++ decoder level: :class:`AttentionBlock` (g = skip) -> nearest up x2 -> concat ``[up, skip]`` ->
-    :class:`ResidualUnit` with SE."""
+    """ResUNet++ decoder level: :class:`KerasAttentionBlock` (g = skip) -> nearest up x2 -> concat ``[up, skip]`` ->
+    :class:`KerasResidualUnit` with SE."""
 
     def __init__(
         self,
@@ -610,12 +614,12 @@ class AttentionResUpCat(nn.Module):
             act: activation type and arguments.
             norm: feature normalisation type and arguments, or ``None``.
             se_reduction: SE ratio of the residual unit; ``None`` for no SE.
-            attention_sigmoid: see :class:`AttentionBlock`.
+            attention_sigmoid: see :class:`KerasAttentionBlock`.
         """
         super().__init__()
-        self.attention = AttentionBlock(spatial_dims, skip_channels, in_channels, act, norm, attention_sigmoid)
+        self.attention = KerasAttentionBlock(spatial_dims, skip_channels, in_channels, act, norm, attention_sigmoid)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.res = ResidualUnit(
+        self.res = KerasResidualUnit(
             spatial_dims, in_channels + skip_channels, out_channels, 1, act, norm, True, se_reduction
         )
 
@@ -630,10 +634,10 @@ class AttentionResUpCat(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class UNet(nn.Module):
+class KerasUNet(nn.Module):
     """Teaching U-Net (Keras ``unet_model`` of RezaSaadatyar/Medical-Image-Processing).
 
-    Five levels of widths ``base_filters * (1, 2, 4, 8, 16)``; each level is 2x [Conv3x3 -> (norm) -> act]; MaxPool 2
+    Five levels of widths ``features`` (16, 32, 64, 128, 256); each level is 2x [Conv3x3 -> (norm) -> act]; MaxPool 2
     between levels; decoder levels are ConvTranspose 2x2 s2 (no activation) -> concat ``[skip, up]`` -> the same double
     convolution; a 1x1 convolution gives the output.
     Base 16, 3 -> 1 channels, 2D: 1,941,105 parameters (3D, 1 -> 2: 5,644,930).
@@ -645,44 +649,50 @@ class UNet(nn.Module):
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: number of input channels.
         out_channels: number of output channels (classes).
-        base_filters: width of the first level; level k has ``base_filters * 2**k`` channels.
+        features: the five level widths, or an int ``b`` for ``(b, 2b, 4b, 8b, 16b)`` (the Keras helpers'
+            doubling).
         act: activation type and arguments.
         norm: feature normalisation after each convolution; ``None`` (the Keras default ``use_batchnorm=False``) or a
             MONAI spec such as ``"batch"`` (Keras's ``use_batchnorm=True``, its momentum and eps: :func:`keras_norm`).
         dropout: dropout after each level's double convolution, off by default. ``None``/0 for none, one rate for all
             levels, or five per-level rates (level 1 .. bottleneck); a decoder level re-uses the rate of its encoder
             level. :data:`UNET_TEACHING_DROPOUT` ``(0, 0.1, 0.2, 0.2, 0.3)`` reproduces ``act_dropout=True``.
+        base_filters: deprecated name of ``features`` (an int ``b``).
     """
 
+    @renamed_args(base_filters="features")
     def __init__(
         self,
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        base_filters: int = 16,
+        features: int | Sequence[int] = 16,
         act: str | tuple = "relu",
         norm: str | tuple | None = None,
         dropout: float | Sequence[float] | None = None,
+        base_filters: int | None = None,
     ):
         super().__init__()
+        check_renamed("KerasUNet", "features", features, "base_filters", base_filters)
         if spatial_dims not in (2, 3):
-            raise ValueError(f"UNet: spatial_dims must be 2 or 3, got {spatial_dims}.")
+            raise ValueError(f"KerasUNet: spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.spatial_dims = spatial_dims
         self.factor = 2 ** (_DEPTH - 1)
         self._name = type(self).__name__
-        f = [base_filters * 2**k for k in range(_DEPTH)]
-        p = _rates(dropout, _DEPTH, "UNet")
+        f = _level_widths(features, "KerasUNet")
+        p = _rates(dropout, _DEPTH, "KerasUNet")
 
-        self.conv_0 = DoubleConv(spatial_dims, in_channels, f[0], act, norm, p[0])
-        self.downs = nn.ModuleList(Down(spatial_dims, f[k - 1], f[k], act, norm, p[k]) for k in range(1, _DEPTH))
+        self.conv_0 = KerasDoubleConv(spatial_dims, in_channels, f[0], act, norm, p[0])
+        self.downs = nn.ModuleList(KerasDown(spatial_dims, f[k - 1], f[k], act, norm, p[k]) for k in range(1, _DEPTH))
         # decoder from the bottleneck up: level k receives level k+1 and the skip of level k
-        self.ups = nn.ModuleList(
-            UpCat(spatial_dims, f[k + 1], f[k], f[k], act=act, norm=norm, dropout=p[k])
+        ups = [
+            KerasUpCat(spatial_dims, f[k + 1], f[k], f[k], act=act, norm=norm, dropout=p[k])
             for k in reversed(range(_DEPTH - 1))
-        )
+        ]
+        self.ups = nn.ModuleList(ups)
         self.final_conv = Conv[Conv.CONV, spatial_dims](f[0], out_channels, kernel_size=1)
         # Keras: He for every 3x3 convolution; Glorot for the transposed convolutions and the 1x1 output
-        _keras_init(self, [self.conv_0, self.downs, *(up.convs for up in self.ups)])
+        _keras_init(self, [self.conv_0, self.downs, *(up.convs for up in ups)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``, sizes divisible by 16; returns logits ``(B, out_channels, *S)``."""
@@ -696,15 +706,15 @@ class UNet(nn.Module):
         return self.final_conv(y)
 
 
-class UNetPlusPlus(nn.Module):
+class KerasUNetPlusPlus(nn.Module):
     """Teaching UNet++ (Keras ``unetplusplus_model`` of RezaSaadatyar/Medical-Image-Processing), with optional deep
     supervision (Zhou et al., "UNet++: A Nested U-Net Architecture for Medical Image Segmentation", DLMIA 2018).
 
-    Nested dense-skip grid X^{i,j} of depth 4 (rows i = 0..4 of widths ``base_filters * 2**i``, i + j <= 4). Column 0
+    Nested dense-skip grid X^{i,j} of depth 4 (rows i = 0..4 of widths ``features[i]``, i + j <= 4). Column 0
     is a plain encoder (double conv, MaxPool 2 between rows). Node X^{i,j}, j >= 1, is a double convolution of
     ``concat[ConvTranspose2x2(X^{i+1,j-1}), X^{i,0}, ..., X^{i,j-1}]``; the transposed convolution outputs
-    ``base_filters * 2**i`` channels. A 1x1 convolution on X^{0,4} gives the output (``final_conv``), as in Keras.
-    Quirk of the teaching code: X^{0,3} has ``2 * base_filters`` channels (``x03_quirk``).
+    ``features[i]`` channels. A 1x1 convolution on X^{0,4} gives the output (``final_conv``), as in Keras.
+    Quirk of the teaching code: X^{0,3} has ``2 * features[0]`` channels (``x03_quirk``).
     Base 16, 3 -> 1 channels, 2D: 2,280,353 parameters (3D, 1 -> 2: 6,606,258).
 
     **Deep supervision** (``deep_supervision=True``; the Keras helper has none): three more 1x1 heads,
@@ -730,27 +740,53 @@ class UNetPlusPlus(nn.Module):
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: number of input channels.
         out_channels: number of output channels (classes).
-        base_filters: width of row 0; row i has ``base_filters * 2**i`` channels.
+        features: the five row widths (row i has ``features[i]`` channels), or an int ``b`` for
+            ``(b, 2b, 4b, 8b, 16b)`` (the Keras helpers' doubling).
         act: activation type and arguments.
         norm: feature normalisation after each convolution; ``None`` (Keras default) or e.g. ``"batch"`` (Keras
             BatchNorm defaults, :func:`keras_norm`).
         dropout: dropout after *each* convolution of a node, as in the Keras code, off by default. ``None``/0 for none,
             one rate for all rows, or five per-row rates; :data:`UNETPP_TEACHING_DROPOUT` ``(0.1, 0.2, 0.2, 0.3, 0.3)``
             reproduces ``act_dropout=True``.
-        x03_quirk: give X^{0,3} ``2 * base_filters`` channels as the teaching code does; ``False`` for the uniform grid.
+        x03_quirk: give X^{0,3} ``2 * features[0]`` channels as the teaching code does; ``False`` for the uniform grid.
         deep_supervision: add the heads on X^{0,1..3} and return all four heads in training mode.
         ds_mode: with deep supervision, the eval-mode output: ``"accurate"`` (average of the heads) or ``"fast"`` (one
             head, pruned forward).
         ds_head: the head of the fast mode: j of X^{0,j}, 1..4, or -1..-4 counted from the last (-1 is X^{0,4}).
         ds_average: what the accurate mode averages: ``"logits"``, ``"sigmoid"`` or ``"softmax"`` probabilities.
+        base_filters: deprecated name of ``features`` (an int ``b``).
     """
 
+    if TYPE_CHECKING:
+        # the nodes X^{i,j} and the extra heads, registered under these names by ``add_module`` in ``__init__``.
+        # Declared for the type checker only: TorchScript reads class annotations at run time and cannot resolve
+        # postponed ones (``from __future__ import annotations``).
+        conv_0_0: KerasDoubleConv
+        conv_1_0: KerasDown
+        conv_2_0: KerasDown
+        conv_3_0: KerasDown
+        conv_4_0: KerasDown
+        conv_0_1: KerasUpCat
+        conv_1_1: KerasUpCat
+        conv_2_1: KerasUpCat
+        conv_3_1: KerasUpCat
+        conv_0_2: KerasUpCat
+        conv_1_2: KerasUpCat
+        conv_2_2: KerasUpCat
+        conv_0_3: KerasUpCat
+        conv_1_3: KerasUpCat
+        conv_0_4: KerasUpCat
+        final_conv_0_1: nn.Module  # a 1x1 convolution with deep supervision, else nn.Identity
+        final_conv_0_2: nn.Module
+        final_conv_0_3: nn.Module
+
+    @renamed_args(base_filters="features")
     def __init__(
         self,
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        base_filters: int = 16,
+        features: int | Sequence[int] = 16,
         act: str | tuple = "relu",
         norm: str | tuple | None = None,
         dropout: float | Sequence[float] | None = None,
@@ -759,21 +795,25 @@ class UNetPlusPlus(nn.Module):
         ds_mode: str = "accurate",
         ds_head: int = -1,
         ds_average: str = "logits",
+        base_filters: int | None = None,
     ):
         super().__init__()
+        check_renamed("KerasUNetPlusPlus", "features", features, "base_filters", base_filters)
         if spatial_dims not in (2, 3):
-            raise ValueError(f"UNetPlusPlus: spatial_dims must be 2 or 3, got {spatial_dims}.")
+            raise ValueError(f"KerasUNetPlusPlus: spatial_dims must be 2 or 3, got {spatial_dims}.")
         if not isinstance(deep_supervision, bool):
             raise ValueError(
-                f"UNetPlusPlus: deep_supervision must be True or False, got {deep_supervision!r} "
+                f"KerasUNetPlusPlus: deep_supervision must be True or False, got {deep_supervision!r} "
                 f"({type(deep_supervision).__name__}); on the monai.bundle command line write \"$True\"."
             )
         if ds_mode not in ("accurate", "fast"):
-            raise ValueError(f"UNetPlusPlus: ds_mode must be 'accurate' or 'fast', got {ds_mode!r}.")
+            raise ValueError(f"KerasUNetPlusPlus: ds_mode must be 'accurate' or 'fast', got {ds_mode!r}.")
         if ds_average not in ("logits", "sigmoid", "softmax"):
-            raise ValueError(f"UNetPlusPlus: ds_average must be 'logits', 'sigmoid' or 'softmax', got {ds_average!r}.")
+            raise ValueError(
+                f"KerasUNetPlusPlus: ds_average must be 'logits', 'sigmoid' or 'softmax', got {ds_average!r}."
+            )
         if isinstance(ds_head, bool) or not isinstance(ds_head, int) or not (1 <= abs(ds_head) <= _DEPTH - 1):
-            raise ValueError(f"UNetPlusPlus: ds_head must be 1..4 (X^{{0,j}}) or -1..-4, got {ds_head!r}.")
+            raise ValueError(f"KerasUNetPlusPlus: ds_head must be 1..4 (X^{{0,j}}) or -1..-4, got {ds_head!r}.")
         self.spatial_dims = spatial_dims
         self.factor = 2 ** (_DEPTH - 1)
         self.deep_supervision = deep_supervision
@@ -781,22 +821,24 @@ class UNetPlusPlus(nn.Module):
         self.ds_head = ds_head if ds_head > 0 else _DEPTH + ds_head  # j of X^{0,j}
         self.ds_average = ds_average
         self._name = type(self).__name__
-        f = [base_filters * 2**i for i in range(_DEPTH)]
-        p = _rates(dropout, _DEPTH, "UNetPlusPlus")
+        f = _level_widths(features, "KerasUNetPlusPlus")
+        p = _rates(dropout, _DEPTH, "KerasUNetPlusPlus")
 
         def width(i: int, j: int) -> int:
             return 2 * f[0] if (x03_quirk and (i, j) == (0, 3)) else f[i]
 
         # column 0: the encoder
-        self.conv_0_0 = DoubleConv(spatial_dims, in_channels, f[0], act, norm, p[0], dropout_each=True)
+        self.conv_0_0 = KerasDoubleConv(spatial_dims, in_channels, f[0], act, norm, p[0], dropout_each=True)
         for i in range(1, _DEPTH):
-            self.add_module(f"conv_{i}_0", Down(spatial_dims, f[i - 1], f[i], act, norm, p[i], dropout_each=True))
+            self.add_module(
+                f"conv_{i}_0", KerasDown(spatial_dims, f[i - 1], f[i], act, norm, p[i], dropout_each=True)
+            )
         # nested nodes X^{i,j}, j >= 1
         for j in range(1, _DEPTH):
             for i in range(_DEPTH - j):
                 self.add_module(
                     f"conv_{i}_{j}",
-                    UpCat(
+                    KerasUpCat(
                         spatial_dims,
                         in_channels=width(i + 1, j - 1),
                         skip_channels=sum(width(i, k) for k in range(j)),
@@ -817,7 +859,7 @@ class UNetPlusPlus(nn.Module):
         # Keras: He for every 3x3 convolution and the 1x1 output (the extra heads alike); Glorot for the transposed
         # convolutions
         he = [getattr(self, f"conv_{i}_0") for i in range(_DEPTH)]
-        he += [m.convs for m in self.children() if isinstance(m, UpCat)]
+        he += [m.convs for m in self.children() if isinstance(m, KerasUpCat)]
         he += [self.final_conv] + [getattr(self, f"final_conv_0_{j}") for j in range(1, _DEPTH - 1)]
         _keras_init(self, he)
 
@@ -894,17 +936,17 @@ class UNetPlusPlus(nn.Module):
         return self.average_heads(self.heads(x))
 
 
-class ResUNet(nn.Module):
+class KerasResUNet(nn.Module):
     """Teaching ResUNet (Keras ``resunet_model`` of RezaSaadatyar/Medical-Image-Processing) of pre-activation units.
 
-    - Stem (:class:`ResidualStem`): [Conv3x3 -> norm -> act -> Conv3x3] + [Conv1x1 -> norm] at ``base_filters``.
-    - Encoder: 4 :class:`ResidualUnit` of stride 2 and widths ``base_filters * (2, 4, 8, 16)``. Each unit's input is
+    - Stem (:class:`ResidualStem`): [Conv3x3 -> norm -> act -> Conv3x3] + [Conv1x1 -> norm] at ``features[0]``.
+    - Encoder: 4 :class:`KerasResidualUnit` of stride 2 and widths ``features[1:]``. Each unit's input is
       normalised by a BatchNorm that the network owns; that normalised tensor feeds the unit's main path and its 1x1
       shortcut and is also the decoder skip of its level (exactly as the Keras code re-assigns ``out_k``).
-    - Bridge at 1/16 (:class:`PreActDoubleConv`): norm -> act -> Conv -> norm -> act -> Conv at ``16 * base_filters``,
+    - Bridge at 1/16 (:class:`PreActDoubleConv`): norm -> act -> Conv -> norm -> act -> Conv at ``features[4]``,
       no residual.
     - Decoder (:class:`ResUpCat`) x4: nearest up x2 -> concat ``[up, skip]`` -> norm -> stride-1 residual unit at
-      widths ``base_filters * (16, 8, 4, 2)``; a 1x1 convolution gives the output.
+      widths ``features[4], features[3], features[2], features[1]``; a 1x1 convolution gives the output.
 
     Base 16, 3 -> 1 channels, 2D: 4,715,761 parameters (3D, 1 -> 2: 13,733,618).
 
@@ -915,35 +957,41 @@ class ResUNet(nn.Module):
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: number of input channels.
         out_channels: number of output channels (classes).
-        base_filters: width of the stem; the encoder doubles it at each of the 4 down-sampling units.
+        features: the five level widths (the stem, then each of the 4 down-sampling units), or an int ``b`` for
+            ``(b, 2b, 4b, 8b, 16b)`` (the Keras helpers' doubling).
         act: activation type and arguments.
         norm: feature normalisation; ``"batch"`` as in the Keras default ``use_batchnorm=True`` (with the Keras
             BatchNorm momentum and eps, :func:`keras_norm`), ``None`` for none.
+        base_filters: deprecated name of ``features`` (an int ``b``).
     """
 
+    @renamed_args(base_filters="features")
     def __init__(
         self,
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        base_filters: int = 16,
+        features: int | Sequence[int] = 16,
         act: str | tuple = "relu",
         norm: str | tuple | None = "batch",
+        base_filters: int | None = None,
     ):
         super().__init__()
+        check_renamed("KerasResUNet", "features", features, "base_filters", base_filters)
         if spatial_dims not in (2, 3):
-            raise ValueError(f"ResUNet: spatial_dims must be 2 or 3, got {spatial_dims}.")
+            raise ValueError(f"KerasResUNet: spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.spatial_dims = spatial_dims
         self.factor = 2 ** (_DEPTH - 1)
-        f = [base_filters * 2**k for k in range(_DEPTH)]
+        self._name = type(self).__name__
+        f = _level_widths(features, "KerasResUNet")
 
         self.stem = ResidualStem(spatial_dims, in_channels, f[0], act, norm)
         self.enc_norms = nn.ModuleList(_norm(norm, spatial_dims, f[k]) for k in range(_DEPTH - 1))
         self.downs = nn.ModuleList(
-            ResidualUnit(spatial_dims, f[k], f[k + 1], 2, act, norm, pre_norm=False) for k in range(_DEPTH - 1)
+            KerasResidualUnit(spatial_dims, f[k], f[k + 1], 2, act, norm, pre_norm=False) for k in range(_DEPTH - 1)
         )
         self.bridge = PreActDoubleConv(spatial_dims, f[-1], f[-1], act, norm)
-        # decoder level widths 16b, 8b, 4b, 2b; the skip of the finest level is the stem output (b channels)
+        # decoder level widths f[4], f[4], f[3], f[2] in; the skip of the finest level is the stem output (f[0])
         dec_in = [f[-1], f[-1], f[-2], f[-3]]
         self.ups = nn.ModuleList(
             ResUpCat(spatial_dims, dec_in[n], f[_DEPTH - 2 - n], f[_DEPTH - 1 - n], act, norm)
@@ -955,7 +1003,7 @@ class ResUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``, sizes divisible by 16; returns logits ``(B, out_channels, *S)``."""
-        _check_input(x, self.spatial_dims, self.factor, type(self).__name__)
+        _check_input(x, self.spatial_dims, self.factor, self._name)
         h = self.stem(x)
         skips = []
         for norm, down in zip(self.enc_norms, self.downs):
@@ -968,17 +1016,18 @@ class ResUNet(nn.Module):
         return self.final_conv(y)
 
 
-class ResUNetPlusPlus(nn.Module):
+class KerasResUNetPlusPlus(nn.Module):
     """Teaching ResUNet++ (Keras ``resunetplusplus_model`` of RezaSaadatyar/Medical-Image-Processing).
 
-    - Stem: :class:`ResidualStem` at ``base_filters`` followed by :class:`SqueezeExcite` (ratio 8, no bias).
-    - Encoder: 3 :class:`ResidualUnit` of stride 2 (widths ``base_filters * (2, 4, 8)``), each followed by SE.
-    - Bridge at 1/8: :class:`SumASPP` to ``16 * base_filters`` (3x3 branches with dilations ``(6, 12, 18) *
+    - Stem: :class:`ResidualStem` at ``features[0]`` followed by :class:`~networks.blocks.SqueezeExcitation` (ratio 8,
+      no bias).
+    - Encoder: 3 :class:`KerasResidualUnit` of stride 2 (widths ``features[1:4]``), each followed by SE.
+    - Bridge at 1/8: :class:`SumASPP` to ``features[4]`` (3x3 branches with dilations ``(6, 12, 18) *
       rate_scale`` and 1, each + norm, summed, then Conv1x1).
     - Decoder (:class:`AttentionResUpCat`) x3: attention(g = encoder feature at twice the resolution, x = decoder
       feature; no sigmoid, as in the teaching code) -> nearest up x2 -> concat ``[up, skip]`` -> residual unit + SE
-      at widths ``base_filters * (8, 4, 2)``.
-    - Output: :class:`SumASPP` to ``base_filters`` (same rates) -> Conv1x1 to ``out_channels``.
+      at widths ``features[3], features[2], features[1]``.
+    - Output: :class:`SumASPP` to ``features[0]`` (same rates) -> Conv1x1 to ``out_channels``.
 
     Base 16, 3 -> 1 channels, 2D: 4,062,993 parameters (3D, 1 -> 2: 11,882,754; base 32: 16,228,001).
 
@@ -995,40 +1044,46 @@ class ResUNetPlusPlus(nn.Module):
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: number of input channels.
         out_channels: number of output channels (classes).
-        base_filters: width of the stem; the encoder doubles it at each of the 3 down-sampling units.
+        features: the five level widths (the stem, the 3 down-sampling units and the bridge), or an int ``b`` for
+            ``(b, 2b, 4b, 8b, 16b)`` (the Keras helpers' doubling).
         act: activation type and arguments.
         norm: feature normalisation (``"batch"`` as in the Keras code, with its BatchNorm momentum and eps:
             :func:`keras_norm`; ``None`` for none).
         rate_scale: multiplies the ASPP dilations 6, 12, 18 (rounded, at least 1); the undilated branch stays 1.
         se_reduction: squeeze-and-excitation ratio.
         attention_sigmoid: apply a sigmoid to the attention map (off, as in the teaching code).
+        base_filters: deprecated name of ``features`` (an int ``b``).
     """
 
+    @renamed_args(base_filters="features")
     def __init__(
         self,
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        base_filters: int = 16,
+        features: int | Sequence[int] = 16,
         act: str | tuple = "relu",
         norm: str | tuple | None = "batch",
         rate_scale: float = 1,
         se_reduction: int = 8,
         attention_sigmoid: bool = False,
+        base_filters: int | None = None,
     ):
         super().__init__()
+        check_renamed("KerasResUNetPlusPlus", "features", features, "base_filters", base_filters)
         if spatial_dims not in (2, 3):
-            raise ValueError(f"ResUNetPlusPlus: spatial_dims must be 2 or 3, got {spatial_dims}.")
+            raise ValueError(f"KerasResUNetPlusPlus: spatial_dims must be 2 or 3, got {spatial_dims}.")
         if rate_scale <= 0:
-            raise ValueError(f"ResUNetPlusPlus: rate_scale must be positive, got {rate_scale}.")
+            raise ValueError(f"KerasResUNetPlusPlus: rate_scale must be positive, got {rate_scale}.")
         self.spatial_dims = spatial_dims
         self.factor = 8
-        f = [base_filters * 2**k for k in range(5)]
+        self._name = type(self).__name__
+        f = _level_widths(features, "KerasResUNetPlusPlus")
         self.dilations = tuple(max(1, int(round(d * rate_scale))) for d in (6, 12, 18)) + (1,)
 
         self.stem = ResidualStem(spatial_dims, in_channels, f[0], act, norm, se_reduction)
         self.downs = nn.ModuleList(
-            ResidualUnit(spatial_dims, f[k], f[k + 1], 2, act, norm, True, se_reduction) for k in range(3)
+            KerasResidualUnit(spatial_dims, f[k], f[k + 1], 2, act, norm, True, se_reduction) for k in range(3)
         )
         self.bridge = SumASPP(spatial_dims, f[3], f[4], self.dilations, norm)
         self.ups = nn.ModuleList(
@@ -1038,12 +1093,12 @@ class ResUNetPlusPlus(nn.Module):
         self.out_aspp = SumASPP(spatial_dims, f[1], f[0], self.dilations, norm)
         self.final_conv = Conv[Conv.CONV, spatial_dims](f[0], out_channels, kernel_size=1)
         # Keras: He for the stem's convolutions and shortcut and for the squeeze-excite dense layers; Glorot elsewhere
-        se = [m for m in self.modules() if isinstance(m, SqueezeExcite)]
+        se = [m for m in self.modules() if isinstance(m, SqueezeExcitation)]
         _keras_init(self, [self.stem.conv1, self.stem.conv2, self.stem.shortcut, *se])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, in_channels, *S)``, sizes divisible by 8; returns logits ``(B, out_channels, *S)``."""
-        _check_input(x, self.spatial_dims, self.factor, type(self).__name__)
+        _check_input(x, self.spatial_dims, self.factor, self._name)
         skips = [self.stem(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
@@ -1051,3 +1106,42 @@ class ResUNetPlusPlus(nn.Module):
         for up in self.ups:
             y = up(y, skips.pop())
         return self.final_conv(self.out_aspp(y))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the earlier names, for one version
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@deprecated_class("networks.KerasUNet")
+class UNet(KerasUNet):
+    """Deprecated name of :class:`KerasUNet` (removed in 0.2.0; MONAI's ``UNet`` is another network)."""
+
+
+@deprecated_class("networks.KerasUNetPlusPlus")
+class UNetPlusPlus(KerasUNetPlusPlus):
+    """Deprecated name of :class:`KerasUNetPlusPlus` (removed in 0.2.0)."""
+
+
+@deprecated_class("networks.KerasResUNet")
+class ResUNet(KerasResUNet):
+    """Deprecated name of :class:`KerasResUNet` (removed in 0.2.0)."""
+
+
+@deprecated_class("networks.KerasResUNetPlusPlus")
+class ResUNetPlusPlus(KerasResUNetPlusPlus):
+    """Deprecated name of :class:`KerasResUNetPlusPlus` (removed in 0.2.0)."""
+
+
+# the blocks named as MONAI names other layers (monai.networks.nets.basic_unet's TwoConv, Down and UpCat,
+# monai.networks.blocks.ResidualUnit, monai.networks.nets.attentionunet.AttentionBlock)
+__getattr__ = deprecated_alias_getattr(
+    __name__,
+    {
+        "DoubleConv": ("networks.unet_family.KerasDoubleConv", lambda: KerasDoubleConv),
+        "Down": ("networks.unet_family.KerasDown", lambda: KerasDown),
+        "UpCat": ("networks.unet_family.KerasUpCat", lambda: KerasUpCat),
+        "ResidualUnit": ("networks.unet_family.KerasResidualUnit", lambda: KerasResidualUnit),
+        "AttentionBlock": ("networks.unet_family.KerasAttentionBlock", lambda: KerasAttentionBlock),
+    },
+)

@@ -33,6 +33,14 @@ _DENSE_MAX = 2 * _BLOCK
 # channels-first inputs larger than this (elements) are filtered a few channel maps at a time
 _CHUNK = 1 << 20
 
+# the per-axis operator of one spatial axis: ``None`` (identity), a float (a scale) or ``(A, row blocks of A)``,
+# the blocks ``(r0, r1, c0, c1, A[r0:r1, c0:c1])`` (``None`` for a short axis, multiplied densely)
+_Block = tuple[int, int, int, int, torch.Tensor]
+_MatrixOp = tuple[torch.Tensor, list[_Block] | None]
+_AxisOp = float | None | _MatrixOp
+# the operators of all the axes and their transposes
+_AxisOps = tuple[list[_AxisOp], list[_AxisOp]]
+
 
 def opencv_sigma(kernel_size: int) -> float:
     """OpenCV's default sigma for a Gaussian of ``kernel_size`` taps: ``0.3 * ((k - 1) / 2 - 1) + 0.8``."""
@@ -76,7 +84,7 @@ def separable_factors(kernel: torch.Tensor, rtol: float = 1e-6) -> list[torch.Te
     scale = pivot.abs() ** ((d - 1) / d)
     factors = []
     for axis in range(d):
-        index = list(centre)
+        index: list[int | slice] = list(centre)
         index[axis] = slice(None)
         factors.append(k[tuple(index)] / scale)
     factors[0] = factors[0] * torch.sign(pivot) ** (d - 1)
@@ -113,7 +121,7 @@ def _axis_operator(taps: tuple[float, ...], n: int, padding_mode: str) -> torch.
     return a
 
 
-def _blocks(a: torch.Tensor) -> list[tuple[int, int, int, int, torch.Tensor]]:
+def _blocks(a: torch.Tensor) -> list[_Block]:
     """``(r0, r1, c0, c1, a[r0:r1, c0:c1])`` for row blocks of ``_BLOCK`` rows and the columns their band reaches."""
     n = a.shape[0]
     out = []
@@ -125,7 +133,7 @@ def _blocks(a: torch.Tensor) -> list[tuple[int, int, int, int, torch.Tensor]]:
     return out
 
 
-def _matmul_along(x: torch.Tensor, dim: int, op, out: torch.Tensor | None = None) -> torch.Tensor:
+def _matmul_along(x: torch.Tensor, dim: int, op: _MatrixOp, out: torch.Tensor | None = None) -> torch.Tensor:
     """``y[..., i, ...] = sum_j A[i, j] x[..., j, ...]`` along ``dim`` of ``x``, in ``x``'s own memory layout.
 
     ``op`` is ``(A, blocks)``: the dense matrix, and its row blocks for a long axis (``None`` for a short one).
@@ -134,7 +142,8 @@ def _matmul_along(x: torch.Tensor, dim: int, op, out: torch.Tensor | None = None
     the shape and dtype of a channels-first ``x``) receives the result when ``dim`` is the innermost axis; otherwise
     it is ignored.
     """
-    order = sorted(range(x.ndim), key=lambda i: (-x.stride(i), i))
+    strides = x.stride()
+    order = sorted(range(x.ndim), key=lambda i: (-strides[i], i))
     xp = x.permute(order)
     if not xp.is_contiguous():
         x = x.contiguous()
@@ -167,7 +176,7 @@ def _matmul_along(x: torch.Tensor, dim: int, op, out: torch.Tensor | None = None
     return out.view(xp.shape).permute(inverse)
 
 
-def _separable_passes(x: torch.Tensor, ops: list, out: torch.Tensor | None = None) -> torch.Tensor:
+def _separable_passes(x: torch.Tensor, ops: list[_AxisOp], out: torch.Tensor | None = None) -> torch.Tensor:
     """Apply the per-axis operators ``ops[i]`` (``None``: identity, a float: a scale) along spatial axis ``2 + i``.
 
     ``out`` may receive the last pass (see :func:`_matmul_along`); the result is returned either way.
@@ -180,7 +189,7 @@ def _separable_passes(x: torch.Tensor, ops: list, out: torch.Tensor | None = Non
     return x
 
 
-def _separable_apply(x: torch.Tensor, ops: list) -> torch.Tensor:
+def _separable_apply(x: torch.Tensor, ops: list[_AxisOp]) -> torch.Tensor:
     """:func:`_separable_passes`, a few channel maps at a time when ``x`` is large and channels-first.
 
     The passes of one chunk of about ``_CHUNK`` elements stay in the cache between the axes; over the whole tensor
@@ -201,6 +210,7 @@ def _separable_apply(x: torch.Tensor, ops: list) -> torch.Tensor:
             out = torch.empty((maps,) + tuple(part.shape[1:]), dtype=part.dtype, device=part.device)
         if part.data_ptr() != out[s : s + step].data_ptr():
             out[s : s + step].copy_(part)
+    assert out is not None  # maps > 1: the loop ran
     return out.view(x.shape)
 
 
@@ -213,7 +223,7 @@ class _SeparableDepthwiseFilter(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, ops: list, ops_t: list) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, ops: list[_AxisOp], ops_t: list[_AxisOp]) -> torch.Tensor:
         ctx.ops_t = ops_t
         return _separable_apply(x, ops)
 
@@ -307,7 +317,8 @@ class FixedDepthwiseFilter(nn.Module):
         self.taps: tuple[tuple[float, ...], ...] | None = (
             None if factors is None else tuple(tuple(float(v) for v in f) for f in factors)
         )
-        self._operators = {}  # (spatial shape, dtype, device) -> (operators, transposed operators)
+        # (spatial shape, dtype, device) -> (operators, transposed operators)
+        self._operators: dict[tuple[tuple[int, ...], torch.dtype, torch.device], _AxisOps] = {}
         self.separable_policy = separable
 
     @property
@@ -315,13 +326,15 @@ class FixedDepthwiseFilter(nn.Module):
         """Whether the kernel factors into 1D taps (a fixed kernel only): :meth:`forward` may apply it per axis."""
         return self.taps is not None
 
-    def _ops(self, x: torch.Tensor) -> tuple[list, list]:
+    def _ops(self, x: torch.Tensor) -> _AxisOps:
         """The per-axis operators for the spatial shape, dtype and device of ``x`` and their transposes, cached."""
         key = (tuple(x.shape[2:]), x.dtype, x.device)
         cached = self._operators.get(key)
         if cached is not None:
             return cached
-        ops, ops_t = [], []
+        assert self.taps is not None  # only a separable kernel takes the per-axis path (_use_separable)
+        ops: list[_AxisOp] = []
+        ops_t: list[_AxisOp] = []
         for taps, n in zip(self.taps, x.shape[2:]):
             if len(taps) == 1:
                 scale = None if taps[0] == 1.0 else taps[0]

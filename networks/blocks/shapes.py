@@ -23,7 +23,7 @@ def divisible_spatial(x: torch.Tensor, spatial_dims: int, divisor: int) -> bool:
 
 def shape_text(x: torch.Tensor) -> str:
     """``x``'s shape written as ``tuple(x.shape)`` prints it, e.g. ``"(1, 1, 16, 16, 20)"``."""
-    return sizes_text(x.shape)
+    return sizes_text(list(x.shape))
 
 
 def sizes_text(sizes: list[int]) -> str:

@@ -31,6 +31,7 @@ each separable convolution, no BN between depthwise and pointwise).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -189,21 +190,19 @@ class Xception65(nn.Module):
         self.in_channels = int(in_channels)
         self.widths = w
         self.middle_blocks = int(middle_blocks)
-        bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
+        block = partial(XceptionBlock, bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.entry_flow_conv1_1 = Conv2dSame(in_channels, w[0], 3, stride=2, bias=False)
         self.entry_flow_conv1_1_bn = nn.BatchNorm2d(w[0], eps=bn_eps, momentum=bn_momentum)
         self.entry_flow_conv1_1_act = nn.ReLU(inplace=True)
         self.entry_flow_conv1_2 = Conv2dSame(w[0], w[1], 3, bias=False)
         self.entry_flow_conv1_2_bn = nn.BatchNorm2d(w[1], eps=bn_eps, momentum=bn_momentum)
         self.entry_flow_conv1_2_act = nn.ReLU(inplace=True)
-        self.entry_flow_block1 = XceptionBlock(w[1], [w[2]] * 3, "conv", stride=2, **bn)
-        self.entry_flow_block2 = XceptionBlock(w[2], [w[3]] * 3, "conv", stride=2, **bn)
-        self.entry_flow_block3 = XceptionBlock(w[3], [w[4]] * 3, "conv", stride=2, **bn)
-        self.middle_flow = nn.Sequential(*[XceptionBlock(w[4], [w[4]] * 3, "sum", **bn) for _ in range(middle_blocks)])
-        self.exit_flow_block1 = XceptionBlock(w[4], [w[4], w[5], w[5]], "conv", dilation=1, **bn)
-        self.exit_flow_block2 = XceptionBlock(
-            w[5], [w[6], w[6], w[7]], "none", dilation=2, depth_activation=True, **bn
-        )
+        self.entry_flow_block1 = block(w[1], [w[2]] * 3, "conv", stride=2)
+        self.entry_flow_block2 = block(w[2], [w[3]] * 3, "conv", stride=2)
+        self.entry_flow_block3 = block(w[3], [w[4]] * 3, "conv", stride=2)
+        self.middle_flow = nn.Sequential(*[block(w[4], [w[4]] * 3, "sum") for _ in range(middle_blocks)])
+        self.exit_flow_block1 = block(w[4], [w[4], w[5], w[5]], "conv", dilation=1)
+        self.exit_flow_block2 = block(w[5], [w[6], w[6], w[7]], "none", dilation=2, depth_activation=True)
         if keras_init:
             for m in self.modules():
                 if isinstance(m, nn.Conv2d):

@@ -16,10 +16,14 @@ CASES = [
     ({"spatial_dims": 2, "in_channels": 3, "out_channels": 1, **SMALL}, (1, 3, 16, 16), (1, 1, 16, 16)),
     ({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "features": (4, 8, 16)}, (1, 1, 12, 20), (1, 2, 12, 20)),
     ({"spatial_dims": 3, "in_channels": 1, "out_channels": 2, **SMALL}, (1, 1, 16, 32, 48), (1, 2, 16, 32, 48)),
-    ({"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "features": (4, 8, 16)}, (1, 4, 12, 8, 20), (1, 3, 12, 8, 20)),
-    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "mde": False, **SMALL}, (1, 1, 16, 16, 16), (1, 2, 16, 16, 16)),
-    ({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "mde_enhance": "laplacian", **SMALL}, (1, 1, 16, 16), (1, 2, 16, 16)),
-    ({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "mde_fusion": "sum", **SMALL}, (1, 1, 16, 16), (1, 2, 16, 16)),
+    ({"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "features": (4, 8, 16)}, (1, 4, 12, 8, 20),
+     (1, 3, 12, 8, 20)),
+    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "mde": False, **SMALL}, (1, 1, 16, 16, 16),
+     (1, 2, 16, 16, 16)),
+    ({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "mde_enhance": "laplacian", **SMALL}, (1, 1, 16, 16),
+     (1, 2, 16, 16)),
+    ({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "mde_fusion": "sum", **SMALL}, (1, 1, 16, 16),
+     (1, 2, 16, 16)),
     ({"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "norm": ("instance", {"affine": True}),
       "features": (4, 8, 16)}, (1, 1, 16, 16, 16), (1, 2, 16, 16, 16)),
 ]
@@ -41,7 +45,8 @@ def n_params(module: torch.nn.Module) -> int:
     [(2, True, 6_457_676), (2, False, 6_108_556), (3, True, 16_365_964), (3, False, 16_016_844)],
 )
 def test_parameter_count_reference_configuration(spatial_dims, mde, expected):
-    # the reference configuration: 2D about 6.46 M, 3D about 16.37 M (1 input channel, 2 classes); MDE fusion adds 0.35 M
+    # the reference configuration: 2D about 6.46 M, 3D about 16.37 M (1 input channel, 2 classes); MDE fusion adds
+    # 0.35 M
     # (349,120 = sum over the skips of 4C * C + 2C, C = 32..256). The up-convolutions feed batch norms and have no bias:
     # 32 + 64 + 128 + 256 = 480 fewer than the 6,458,156 / 16,366,444 of the versions that had one.
     # Every skip pathway, counted from its parts: tests/networks/test_edu_variants.py

@@ -1,4 +1,5 @@
-"""E-DU building blocks (networks/edu.py) checked by value: MDE in every mode, DenseLayer/DenseBlock, EDU's wiring.
+"""E-DU building blocks (networks/edu.py) checked by value: MDE in every mode, DenseLayer/DenseTransitionBlock,
+EDU's wiring.
 
 The expected MDE maps are computed in NumPy/SciPy from the formulas in MDE's docstring:
 Gaussian G_k with sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8 and zero "same" padding;
@@ -13,7 +14,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from networks.edu import EDU, MDE, DenseBlock, DenseLayer
+from networks.edu import EDU, MDE, DenseLayer, DenseTransitionBlock
 from tests.networks import reference
 
 EPS = 1e-5  # BatchNorm's default eps
@@ -175,7 +176,7 @@ def test_mde_refuses_unknown_modes():
         MDE(2, 1, fusion="max")
 
 
-# ----------------------------------------------------------------------------------------------- DenseLayer, DenseBlock
+# ------------------------------------------------------------------------------------- DenseLayer, DenseTransitionBlock
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -209,7 +210,7 @@ def test_dense_layer_concatenates_input_then_conv_relu_bn(dims):
 def test_dense_block_growth_and_channel_counts(dims, out_channels, growth):
     """growth = out_channels // 4 (at least 1); after L layers C + L * growth channels, the first C being the input."""
     c, n_layers = 3, 3
-    block = DenseBlock(dims, c, out_channels, layers=n_layers).double().eval()
+    block = DenseTransitionBlock(dims, c, out_channels, layers=n_layers).double().eval()
     assert len(block.dense) == n_layers
     for i, layer in enumerate(block.dense):
         conv = layer.layers[2]
@@ -230,7 +231,7 @@ def test_dense_block_transition_is_norm_then_1x1_conv_without_activation(dims):
     """transition(h) = W @ bn(h) per voxel (no ReLU: the BN output is partly negative and must stay so)."""
     torch.manual_seed(0)
     c, out = 2, 4
-    block = DenseBlock(dims, c, out, layers=2).double().eval()
+    block = DenseTransitionBlock(dims, c, out, layers=2).double().eval()
     bn, conv = block.transition[0], block.transition[-1]
     n = c + 2 * (out // 4)
     assert isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) and bn.num_features == n

@@ -14,17 +14,17 @@ import torch
 from torch import nn
 
 from networks import EDU
-from networks.edu import MDE, DenseBlock, NestedNode
+from networks.edu import MDE, DenseTransitionBlock, NestedNode
 
 VARIANTS = ("mde", "plain", "dense", "dense_mde")
 TINY = {"features": (4, 8, 16), "dense_layers": 2}
 
 
 def dense_block(c_in: int, c_out: int, layers: int, taps: int) -> int:
-    """Parameters of a DenseBlock: per layer BN (2 per channel) + 3^d conv to growth g = c_out // 4 (no bias) on
-    c_in + l * g channels; then the transition's BN and 1x1 conv (no bias) on c_in + layers * g channels."""
+    """Parameters of a DenseTransitionBlock: per layer BN (2 per channel) + 3^d conv to growth g = c_out // 4 (no bias)
+    on c_in + l * g channels; then the transition's BN and 1x1 conv (no bias) on c_in + layers * g channels."""
     g = max(c_out // 4, 1)
-    total = sum(2 * (c_in + l * g) + taps * (c_in + l * g) * g for l in range(layers))
+    total = sum(2 * (c_in + k * g) + taps * (c_in + k * g) * g for k in range(layers))
     return total + 2 * (c_in + layers * g) + (c_in + layers * g) * c_out
 
 
@@ -102,7 +102,7 @@ def test_nested_pathway_has_the_unetpp_nodes(levels, nodes, skip):
         width = features[i]
         # the block reads (j + 1) maps of the level's width and gives one
         if skip == "dense":
-            assert isinstance(node.block, DenseBlock)
+            assert isinstance(node.block, DenseTransitionBlock)
             assert node.block.dense[0].layers[0].num_features == (j + 1) * width
             assert node.block.transition[1].out_channels == width
         else:  # MDE of the (j + 1) maps: the 1x1 fusion reads them and their 3 enhanced versions

@@ -9,7 +9,7 @@ from monai.networks.utils import pixelshuffle
 from networks import RRDBNet, VGGStyleDiscriminator
 from networks.esrgan import SqueezeExcitation, esrgan, pixel_shuffle_per_axis, se_esrgan
 
-TINY = {"nf": 8, "gc": 4, "nb": 1}
+TINY = {"features": 8, "growth_channels": 4, "num_blocks": 1}
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -61,7 +61,9 @@ def test_generator_shape(kwargs, input_shape, expected_shape):
 
 def test_esrgan_param_count_2d():
     with torch.device("meta"):  # construct only: no memory, no initialisation cost
-        net = RRDBNet(spatial_dims=2, in_channels=3, out_channels=3, nf=64, gc=32, nb=23, scale=4)
+        net = RRDBNet(
+            spatial_dims=2, in_channels=3, out_channels=3, features=64, growth_channels=32, num_blocks=23, scale=4
+        )
     assert n_params(net) == 16_697_987
     assert n_params(net.body[0]) == 719_424  # one RRDB
 
@@ -70,11 +72,11 @@ def test_esrgan_param_count_2d():
     "factory, kwargs, expected",
     [
         (se_esrgan, {}, 40_209_987),  # Uneshance_2023 generator (nb 24, growth 64, bias-free SE)
-        (se_esrgan, {"nb": 23}, 38_550_147),
+        (se_esrgan, {"num_blocks": 23}, 38_550_147),
         (esrgan, {"spatial_dims": 3}, 50_066_819),
         (esrgan, {"spatial_dims": 3, "in_channels": 1, "out_channels": 1}, 50_059_905),
-        (esrgan, {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "scale": (1, 1, 4), "nb": 8, "nf": 32,
-                  "gc": 16}, 4_427_873),
+        (esrgan, {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "scale": (1, 1, 4), "num_blocks": 8,
+                  "features": 32, "growth_channels": 16}, 4_427_873),
     ],
 )
 def test_preset_param_counts(factory, kwargs, expected):
@@ -83,8 +85,8 @@ def test_preset_param_counts(factory, kwargs, expected):
 
 
 def test_se_block_is_bias_free_by_default():
-    assert n_params(SqueezeExcitation(2, 64, ratio=8)) == 1_024
-    assert n_params(SqueezeExcitation(3, 64, ratio=8, bias=True)) == 1_096  # = monai ChannelSELayer(r=8)
+    assert n_params(SqueezeExcitation(2, 64, r=8)) == 1_024
+    assert n_params(SqueezeExcitation(3, 64, r=8, bias=True)) == 1_096  # = monai ChannelSELayer(r=8)
 
 
 def test_pixel_shuffle_per_axis():
@@ -110,8 +112,15 @@ def test_generator_bad_arguments(kwargs):
         RRDBNet(in_channels=1, out_channels=1, **TINY, **kwargs)
 
 
+def test_se_ratio_above_the_width_is_refused():
+    """A squeeze-excite needs at least one hidden unit: se_ratio 16 on a trunk of 8 channels is refused by name."""
+    with pytest.raises(ValueError, match="se_ratio must be at most the channel count, got ratio=16 for 8 channels"):
+        RRDBNet(2, 1, 1, se_after_upsample=True, se_ratio=16, **TINY)
+    RRDBNet(2, 1, 1, se_after_upsample=False, se_ratio=16, **TINY)  # no SE built: nothing to refuse
+
+
 def test_dense_block_init_is_scaled():
-    net = RRDBNet(2, 1, 1, nf=64, gc=32, nb=1, scale=1)
+    net = RRDBNet(2, 1, 1, features=64, growth_channels=32, num_blocks=1, scale=1)
     conv = net.body[0].rdb1.conv1
     expected_std = 0.1 * (2.0 / (64 * 9)) ** 0.5  # Kaiming normal (fan_in) x 0.1
     assert abs(conv.weight.std().item() - expected_std) / expected_std < 0.1
@@ -135,7 +144,7 @@ DISCRIMINATOR_CASES = [
 
 @pytest.mark.parametrize("kwargs, input_shape, expected_shape", DISCRIMINATOR_CASES)
 def test_discriminator_shape_and_features(kwargs, input_shape, expected_shape):
-    net = VGGStyleDiscriminator(**kwargs, base_features=4).eval()
+    net = VGGStyleDiscriminator(**kwargs, features=4).eval()
     with torch.no_grad():
         logits, features = net(torch.randn(input_shape), return_features=True)
         assert net(torch.randn(input_shape)).shape == expected_shape
@@ -159,13 +168,13 @@ def test_discriminator_param_counts():
 def test_discriminator_errors():
     with pytest.raises(ValueError, match="in_shape"):
         VGGStyleDiscriminator(2, 3, head="fc")
-    net = VGGStyleDiscriminator(2, 3, in_shape=32, base_features=4)
+    net = VGGStyleDiscriminator(2, 3, in_shape=32, features=4)
     with pytest.raises(ValueError, match=r"in_shape=\(32, 32\).*\(48, 32\)"):
         net(torch.randn(1, 3, 48, 32))
     with pytest.raises(ValueError, match="too small"):
-        VGGStyleDiscriminator(2, 3, head="patch", base_features=4)(torch.randn(1, 3, 16, 16))
+        VGGStyleDiscriminator(2, 3, head="patch", features=4)(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match="too small"):
-        VGGStyleDiscriminator(2, 3, in_shape=16, base_features=4)
+        VGGStyleDiscriminator(2, 3, in_shape=16, features=4)
     with pytest.raises(ValueError, match="head"):
         VGGStyleDiscriminator(2, 3, head="mlp")
 
@@ -173,7 +182,7 @@ def test_discriminator_errors():
 @pytest.mark.parametrize("spatial_dims, lr_shape, scale", [(2, (1, 1, 8, 8), 2), (3, (1, 1, 8, 8, 4), (1, 1, 2))])
 def test_gradients_flow(spatial_dims, lr_shape, scale):
     gen = RRDBNet(spatial_dims, 1, 1, scale=scale, upsample="pixelshuffle", se_after_upsample=True, se_ratio=2, **TINY)
-    disc = VGGStyleDiscriminator(spatial_dims, 1, head="patch", base_features=4, channel_mults=(1, 2))
+    disc = VGGStyleDiscriminator(spatial_dims, 1, head="patch", features=4, channel_mults=(1, 2))
     logits, features = disc(gen(torch.randn(lr_shape)), return_features=True)
     (logits.mean() + sum(f.mean() for f in features)).backward()
     for name, p in [*gen.named_parameters(), *disc.named_parameters()]:

@@ -146,7 +146,7 @@ def test_rdb_hand_worked_residual_scale(spatial_dims):
     """convs 1-4 silenced (LReLU(0) = 0) and conv5 = identity on the x slice with bias 0.5: the dense block must return
     x + 0.2 * (x + 0.5) = 1.2 x + 0.1. A residual scale of 1.0 would give 2 x + 0.5, no skip 0.2 x + 0.1."""
     nf, gc = 3, 2
-    rdb = ResidualDenseBlock(spatial_dims, nf=nf, gc=gc).double()
+    rdb = ResidualDenseBlock(spatial_dims, features=nf, growth_channels=gc).double()
     with torch.no_grad():
         for p in rdb.parameters():
             p.zero_()
@@ -163,7 +163,7 @@ def test_rdb_matches_numpy_dense_block(spatial_dims, slope):
     """With random weights the block equals the dense concatenation written out in NumPy (conv k sees
     [x, x1, ..., x_{k-1}] in that order, LeakyReLU of the given slope after convs 1-4, none after conv5)."""
     torch.manual_seed(0)
-    rdb = ResidualDenseBlock(spatial_dims, nf=3, gc=2, lrelu_slope=slope).double()
+    rdb = ResidualDenseBlock(spatial_dims, features=3, growth_channels=2, lrelu_slope=slope).double()
     randomise(rdb)
     x = torch.randn(2, 3, *SHAPES[spatial_dims], dtype=torch.float64)
     with torch.no_grad():
@@ -174,7 +174,7 @@ def test_rdb_matches_numpy_dense_block(spatial_dims, slope):
 @DIMS
 def test_rrdb_hand_worked_outer_residual(spatial_dims):
     """Each RDB with conv5 silenced is the identity, so the RRDB must return x + 0.2 * x = 1.2 x (its own 0.2 scale)."""
-    rrdb = RRDB(spatial_dims, nf=3, gc=2).double()
+    rrdb = RRDB(spatial_dims, features=3, growth_channels=2).double()
     randomise(rrdb)
     with torch.no_grad():
         for rdb in (rrdb.rdb1, rrdb.rdb2, rrdb.rdb3):
@@ -187,7 +187,7 @@ def test_rrdb_hand_worked_outer_residual(spatial_dims):
 @DIMS
 def test_rrdb_matches_numpy(spatial_dims):
     """Random weights: RRDB(x) = x + 0.2 * rdb3(rdb2(rdb1(x))) with each RDB written out in NumPy."""
-    rrdb = RRDB(spatial_dims, nf=3, gc=2).double()
+    rrdb = RRDB(spatial_dims, features=3, growth_channels=2).double()
     randomise(rrdb, seed=1)
     x = torch.randn(1, 3, *SHAPES[spatial_dims], dtype=torch.float64)
     h = x.numpy()
@@ -203,7 +203,7 @@ def test_trunk_long_skip_hand_worked(spatial_dims, nb):
     """Identity 'centre-tap' convs, silenced dense blocks (each RRDB is then 1.2 x): the trunk gives
     feat + conv_body(body(feat)) = (1 + 1.2**nb) feat, and conv_hr -> LReLU(0.2) -> conv_last passes it through, so
     out = LReLU((1 + 1.2**nb) x). Without the long skip it would be 1.2**nb x."""
-    net = RRDBNet(spatial_dims, 1, 1, nf=2, gc=2, nb=nb, scale=1).double()
+    net = RRDBNet(spatial_dims, 1, 1, features=2, growth_channels=2, num_blocks=nb, scale=1).double()
     c = centre(spatial_dims)
     with torch.no_grad():
         for p in net.parameters():
@@ -220,39 +220,14 @@ def test_trunk_long_skip_hand_worked(spatial_dims, nb):
 
 
 # ------------------------------------------------------------------------------------------------- squeeze-excitation
-
-
-@DIMS
-@pytest.mark.parametrize("bias", [False, True])
-def test_squeeze_excitation_formula(spatial_dims, bias):
-    """SE(x) = x * sigmoid(W2 relu(W1 mean(x) + b1) + b2), per image and channel, written out in NumPy."""
-    se = SqueezeExcitation(spatial_dims, channels=8, ratio=4, bias=bias).double()
-    randomise(se, std=1.0)
-    x = torch.randn(2, 8, *SHAPES[spatial_dims], dtype=torch.float64) + 0.5
-    (w1, b1), (w2, b2) = wb(se.fc[0]), wb(se.fc[2])
-    squeezed = x.numpy().reshape(2, 8, -1).mean(-1)
-    hidden = np.maximum(squeezed @ w1.T + (0 if b1 is None else b1), 0)
-    gate = sigmoid(hidden @ w2.T + (0 if b2 is None else b2))
-    expected = x.numpy() * gate.reshape(2, 8, *([1] * spatial_dims))
-    with torch.no_grad():
-        np.testing.assert_allclose(se(x).numpy(), expected, rtol=1e-12)
-
-
-@DIMS
-def test_squeeze_excitation_hand_worked(spatial_dims):
-    """W2 = 0 (no bias): every gate is sigmoid(0) = 1/2, so SE halves its input."""
-    se = SqueezeExcitation(spatial_dims, channels=4, ratio=2).double()
-    with torch.no_grad():
-        se.fc[2].weight.zero_()
-    x = torch.randn(1, 4, *SHAPES[spatial_dims], dtype=torch.float64)
-    torch.testing.assert_close(se(x), 0.5 * x)
+# (the block itself, shared with ResUNet++, is checked by value in tests/networks/test_squeeze_excitation.py)
 
 
 @pytest.mark.parametrize("spatial_dims, scale, lr_shape", [(2, 2, (1, 1, 4, 6)), (3, (1, 1, 2), (1, 1, 3, 4, 2))])
 def test_se_esrgan_puts_the_se_after_upsampling(spatial_dims, scale, lr_shape):
     """In the SE-ESRGAN preset the (bias-free) SE is called once, right after the up-sampling stage and before conv_hr,
     on the up-sampling output itself, i.e. at the HR resolution. The plain ESRGAN preset has no SE at all."""
-    net = se_esrgan(spatial_dims, 1, 1, scale=scale, nb=1, nf=8, gc=4).double().eval()
+    net = se_esrgan(spatial_dims, 1, 1, scale=scale, num_blocks=1, features=8, growth_channels=4).double().eval()
     assert isinstance(net.se, SqueezeExcitation) and all(m.bias is None for m in net.se.fc if hasattr(m, "bias"))
     assert sum(isinstance(m, SqueezeExcitation) for m in net.modules()) == 1
     calls = []
@@ -269,7 +244,8 @@ def test_se_esrgan_puts_the_se_after_upsampling(spatial_dims, scale, lr_shape):
     assert se_in is up_out and hr_in is se_out
     factors = (scale,) * spatial_dims if isinstance(scale, int) else scale
     assert tuple(se_in.shape[2:]) == tuple(s * f for s, f in zip(lr_shape[2:], factors))
-    assert not any(isinstance(m, SqueezeExcitation) for m in esrgan(spatial_dims, 1, 1, nb=1, nf=8, gc=4).modules())
+    plain = esrgan(spatial_dims, 1, 1, num_blocks=1, features=8, growth_channels=4)
+    assert not any(isinstance(m, SqueezeExcitation) for m in plain.modules())
 
 
 @DIMS
@@ -277,7 +253,7 @@ def test_presets_leaky_relu_slopes(spatial_dims):
     """ESRGAN uses LeakyReLU 0.2 everywhere, the Uneshance SE-ESRGAN PyTorch's default 0.01 everywhere (trunk
     included); the slope of each dense block is what its LeakyReLU applies to a negative input."""
     for factory, slope in ((esrgan, 0.2), (se_esrgan, 0.01)):
-        net = factory(spatial_dims, 1, 1, scale=2, nb=2, nf=8, gc=4)
+        net = factory(spatial_dims, 1, 1, scale=2, num_blocks=2, features=8, growth_channels=4)
         assert {m.negative_slope for m in net.modules() if isinstance(m, torch.nn.LeakyReLU)} == {slope}
         rdb = net.body[1].rdb3
         assert rdb.lrelu(torch.tensor([-1.0])).item() == pytest.approx(-slope)
@@ -346,8 +322,9 @@ def _reference_interpolation(x: np.ndarray, mode: str, factors) -> np.ndarray:
 )
 def test_interpolation_skip_adds_exactly_the_interpolated_input(spatial_dims, scale, skip, mode, shape):
     """With identical weights, generator(x) - plain_generator(x) is the interpolation of x, written out in NumPy."""
-    plain = RRDBNet(spatial_dims, 1, 1, nf=4, gc=2, nb=1, scale=scale).double().eval()
-    net = RRDBNet(spatial_dims, 1, 1, nf=4, gc=2, nb=1, scale=scale, interpolation_skip=skip).double().eval()
+    tiny = {"features": 4, "growth_channels": 2, "num_blocks": 1, "scale": scale}
+    plain = RRDBNet(spatial_dims, 1, 1, **tiny).double().eval()
+    net = RRDBNet(spatial_dims, 1, 1, **tiny, interpolation_skip=skip).double().eval()
     net.load_state_dict(plain.state_dict())
     x = torch.rand(shape, dtype=torch.float64)
     factors = (scale,) * spatial_dims if isinstance(scale, int) else scale
@@ -363,7 +340,7 @@ def test_interpolation_skip_adds_exactly_the_interpolated_input(spatial_dims, sc
 def test_discriminator_first_activation_is_leaky_relu_0_2(spatial_dims):
     """First conv set to copy the input into every channel (centre tap 1, bias 0, no norm on the first conv): its
     output is then LeakyReLU(x) with the ESRGAN slope 0.2, i.e. 0.2 x on negative inputs."""
-    disc = VGGStyleDiscriminator(spatial_dims, 1, head="gap", base_features=2, channel_mults=(1, 2)).double().eval()
+    disc = VGGStyleDiscriminator(spatial_dims, 1, head="gap", features=2, channel_mults=(1, 2)).double().eval()
     conv = disc.stages[0].conv_0.conv
     with torch.no_grad():
         conv.weight.zero_()
@@ -387,7 +364,7 @@ def test_discriminator_heads_give_one_logit_per_image(spatial_dims, head):
     fc = W2 lrelu(W1 flatten(f) + b1) + b2 (flatten in C-major order), written out in NumPy from the hooked features."""
     size = (8,) * spatial_dims
     disc = VGGStyleDiscriminator(
-        spatial_dims, 1, in_shape=size, head=head, base_features=2, channel_mults=(1, 2), fc_hidden=3
+        spatial_dims, 1, in_shape=size, head=head, features=2, channel_mults=(1, 2), fc_hidden=3
     ).double().eval()
     features = []
     disc.stages[-1].register_forward_hook(lambda m, a, out: features.append(out.numpy().copy()))

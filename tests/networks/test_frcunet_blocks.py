@@ -1,9 +1,9 @@
 """FRCU-Net building blocks (networks/frcunet.py) checked by value: the DoG stack, the per-level squeeze-excitation,
-the frequency re-calibration fusion and the skip wiring of UpCat and FRCUNet.
+the frequency re-calibration fusion and the skip wiring of UpConvNormCat and FRCUNet.
 
 Expected values come from NumPy/SciPy: Gaussian taps exp(-x^2 / 2 sigma_i^2) with sigma_i = sigma0 * step^i
-(i = 1..n, as the FR module's docstring says), ``scipy.ndimage.correlate`` for the blurs, and the SE MLP written as matrix products
-of its weights.
+(i = 1..n, as the FR module's docstring says), ``scipy.ndimage.correlate`` for the blurs, and the SE MLP written as
+matrix products of its weights.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from networks.frcunet import FRCUNet, FrequencyRecalibration, LevelSqueezeExcitation, UpCat
+from networks.frcunet import FRCUNet, FrequencyRecalibration, LevelSqueezeExcitation, UpConvNormCat
 from tests.networks.reference import np_gaussian
 
 SCIPY_MODE = {"zeros": "constant", "reflect": "mirror", "replicate": "nearest"}
@@ -94,7 +94,7 @@ def test_level_se_scales_each_level_by_its_own_weights(dims):
             m.weight.mul_(3.0)
     shape = (2, c) + SPATIAL[dims]
     offsets = torch.linspace(-1, 1, c, dtype=torch.float64).reshape((1, c) + (1,) * dims)
-    levels = [image(shape, seed=l) + (l - 1.5) * offsets for l in range(n_levels)]
+    levels = [image(shape, seed=k) + (k - 1.5) * offsets for k in range(n_levels)]
     with torch.no_grad():
         out = se(levels)
     assert len(out) == n_levels
@@ -139,7 +139,7 @@ def test_frequency_recalibration_forward(dims):
 @pytest.mark.parametrize("dims", [2, 3])
 def test_upcat_concatenates_skip_then_upsampled(dims):
     torch.manual_seed(0)
-    up = UpCat(dims, 6, 3, 4, act="relu", norm=("batch", {}), bias=False).double().eval()
+    up = UpConvNormCat(dims, 6, 3, 4, act="relu", norm=("batch", {}), bias=False).double().eval()
     seen = {}
     up.upsample.register_forward_hook(lambda m, i, o: seen.__setitem__("up", o))
     up.convs.register_forward_hook(lambda m, i, o: seen.__setitem__("convs_in", i[0]))
@@ -154,8 +154,8 @@ def test_upcat_concatenates_skip_then_upsampled(dims):
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_frcunet_wiring(dims):
-    """Forward hooks: encoder -> reduce -> FR -> post -> decoders, each UpCat taking the encoder map of its level
-    (deepest first) as skip; the head reads the last decoder."""
+    """Forward hooks: encoder -> reduce -> FR -> post -> decoders, each UpConvNormCat taking the encoder map of its
+    level (deepest first) as skip; the head reads the last decoder."""
     torch.manual_seed(0)
     net = FRCUNet(dims, 1, 2, features=(4, 8, 16), freq_channels=4, gauss_kernel_sizes=(3,)).double().eval()
     seen = {}

@@ -433,15 +433,18 @@ def test_gradients_reach_input_and_every_parameter():
     assert all(p.grad is not None for p in net.parameters())
 
 
-@pytest.mark.parametrize("config", ["train.json", "inference.json"])
-def test_isic_bundle_selects_the_encoder_by_override(config):
+@pytest.mark.parametrize("workflow", ["train", "inference"])
+def test_isic_bundle_selects_the_encoder_by_override(workflow):
     """The shipped ISIC bundle builds the unet variant (31,318,657) and, with ``encoder=xception``, the authors'."""
     from monai.bundle import ConfigParser
+
+    from pipelines.bundle import workflow_configs
 
     counts = {}
     for encoder in ("unet", "xception"):
         parser = ConfigParser()
-        parser.read_config(str(REPO / "bundles" / "isic_skin_frcunet_segmentation" / "configs" / config))
+        parser.read_config([str(p) for p in workflow_configs(REPO / "bundles" / "isic_skin_frcunet_segmentation",
+                                                             workflow)])
         parser["encoder"] = encoder
         with torch.device("meta"):
             counts[encoder] = _n_params(parser.get_parsed_content("network_def"))

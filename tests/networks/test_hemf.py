@@ -9,19 +9,19 @@ import torch
 
 from networks.hemf import HEMF, AxialRetention, ChannelsFirstLayerNorm, RetentionRelPos, hemf_3d_light
 
-SMALL = {"widths": (16, 32, 64, 128), "elf_depths": 1, "egf_depths": 1, "num_heads": 2}
+SMALL = {"features": (16, 32, 64, 128), "elf_depths": 1, "egf_depths": 1, "num_heads": 2}
 
 # (constructor arguments, input shape, expected output shape)
 SHAPE_CASES = [
-    ({"spatial_dims": 2, "in_channels": 3, "num_classes": 7, **SMALL}, (1, 3, 64, 64), (1, 7)),
-    ({"spatial_dims": 2, "in_channels": 1, "num_classes": 4, **SMALL}, (2, 1, 32, 64), (2, 4)),  # non-square
+    ({"spatial_dims": 2, "in_channels": 3, "out_channels": 7, **SMALL}, (1, 3, 64, 64), (1, 7)),
+    ({"spatial_dims": 2, "in_channels": 1, "out_channels": 4, **SMALL}, (2, 1, 32, 64), (2, 4)),  # non-square
     (
-        {"spatial_dims": 2, "in_channels": 3, "num_classes": 2, "sirmlp_depthwise": True,
+        {"spatial_dims": 2, "in_channels": 3, "out_channels": 2, "sirmlp_depthwise": True,
          "reference_fusion_layers": False, **SMALL},
         (1, 3, 32, 32),
         (1, 2),
     ),
-    ({"spatial_dims": 3, "in_channels": 1, "num_classes": 2, **SMALL}, (1, 1, 32, 32, 32), (1, 2)),
+    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 2, **SMALL}, (1, 1, 32, 32, 32), (1, 2)),
 ]
 
 
@@ -41,10 +41,10 @@ def test_shape(args, input_shape, expected_shape):
 @pytest.mark.parametrize(
     "factory, expected",
     [
-        (lambda: HEMF(spatial_dims=2, in_channels=3, num_classes=7), 68_269_367),  # design doc section 6
-        (lambda: HEMF(spatial_dims=2, in_channels=3, num_classes=7, reference_fusion_layers=False), 66_678_263),
-        (lambda: HEMF(spatial_dims=3, in_channels=3, num_classes=7), 142_436_375),  # doc: about 142.4 M
-        (lambda: hemf_3d_light(in_channels=1, num_classes=2), 23_740_434),
+        (lambda: HEMF(spatial_dims=2, in_channels=3, out_channels=7), 68_269_367),  # design doc section 6
+        (lambda: HEMF(spatial_dims=2, in_channels=3, out_channels=7, reference_fusion_layers=False), 66_678_263),
+        (lambda: HEMF(spatial_dims=3, in_channels=3, out_channels=7), 142_436_375),  # doc: about 142.4 M
+        (lambda: hemf_3d_light(in_channels=1, out_channels=2), 23_740_434),
     ],
 )
 def test_parameter_count(factory, expected):
@@ -54,7 +54,7 @@ def test_parameter_count(factory, expected):
 
 
 def test_gradients_reach_input():
-    net = HEMF(spatial_dims=2, in_channels=3, num_classes=3, **SMALL)
+    net = HEMF(spatial_dims=2, in_channels=3, out_channels=3, **SMALL)
     x = torch.randn(2, 3, 32, 32, requires_grad=True)
     net(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -65,7 +65,7 @@ def test_gradients_reach_input():
 
 def test_one_batch_overfit():
     torch.manual_seed(0)
-    net = HEMF(spatial_dims=2, in_channels=1, num_classes=2, **SMALL)
+    net = HEMF(spatial_dims=2, in_channels=1, out_channels=2, **SMALL)
     x, y = torch.randn(2, 1, 32, 32), torch.tensor([0, 1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
@@ -80,7 +80,7 @@ def test_one_batch_overfit():
 
 def test_init_quirk():
     torch.manual_seed(0)
-    net = HEMF(spatial_dims=2, in_channels=3, num_classes=7, **SMALL)
+    net = HEMF(spatial_dims=2, in_channels=3, out_channels=7, **SMALL)
     assert net.local_stages[3][0].conv.weight.std().item() == pytest.approx(0.2, rel=0.05)
     assert net.global_stages[3].retentions[0].lepe.weight.std().item() == pytest.approx(0.2, rel=0.1)
     assert net.global_stages[3].retentions[0].q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
@@ -108,14 +108,14 @@ def test_channels_first_layernorm(shape):
     [(2, (1, 3, 48, 64)), (2, (1, 3, 64)), (3, (1, 3, 32, 32, 40))],
 )
 def test_bad_input_size(spatial_dims, input_shape):
-    net = HEMF(spatial_dims=spatial_dims, in_channels=3, num_classes=2, **SMALL)
+    net = HEMF(spatial_dims=spatial_dims, in_channels=3, out_channels=2, **SMALL)
     with pytest.raises(ValueError, match=re.escape(str(tuple(input_shape)))):
         net(torch.zeros(input_shape))
 
 
 def test_bad_heads():
     with pytest.raises(ValueError, match="num_heads"):
-        HEMF(spatial_dims=2, widths=(24, 48, 96, 192), num_heads=8)  # head size 3 is odd
+        HEMF(spatial_dims=2, features=(24, 48, 96, 192), num_heads=8)  # head size 3 is odd
 
 
 def test_axial_retention_3d_reduces_to_2d():

@@ -415,7 +415,7 @@ def test_sirmlp_matches_numpy(spatial_dims, depthwise):
 def test_classifier_head_pools_normalises_and_projects(spatial_dims):
     """The last fusion output is replaced (by a forward hook) with a known tensor F of shape (B, C, 2, ..., 2); the
     logits must be Linear(LN(mean over the spatial positions of F)) with the model's head weights."""
-    net = HEMF(spatial_dims, in_channels=1, num_classes=3, widths=(8, 16), elf_depths=1, egf_depths=1, num_heads=2,
+    net = HEMF(spatial_dims, in_channels=1, out_channels=3, features=(8, 16), elf_depths=1, egf_depths=1, num_heads=2,
                memory_size=4, ca_ratio=4, sa_kernel_size=3).double().eval()
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from networks import ResUNet, ResUNetPlusPlus, UNet, UNetPlusPlus
-from networks.unet_family import KERAS_BATCHNORM, SqueezeExcite, keras_norm
+from networks import KerasResUNet, KerasResUNetPlusPlus, KerasUNet, KerasUNetPlusPlus
+from networks.blocks import SqueezeExcitation
+from networks.unet_family import KERAS_BATCHNORM, keras_norm
 
-NETS = (UNet, UNetPlusPlus, ResUNet, ResUNetPlusPlus)
+NETS = (KerasUNet, KerasUNetPlusPlus, KerasResUNet, KerasResUNetPlusPlus)
 
 
 def _bns(net: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -30,32 +31,34 @@ def test_keras_norm_fills_in_the_keras_defaults_and_lets_given_arguments_win():
     assert keras_norm(("BATCH", {"eps": 1e-5})) == ("BATCH", {"momentum": 0.01, "eps": 1e-5})
     assert keras_norm(["batch", {"momentum": 0.1, "eps": 1e-5}]) == ("batch", {"momentum": 0.1, "eps": 1e-5})
     assert keras_norm(("instance", {"affine": True})) == ("instance", {"affine": True})
+    # a pair as JSON gives it (a list) comes back as the tuple MONAI's factories document, batch norm or not
+    assert keras_norm(["instance", {"affine": True}]) == ("instance", {"affine": True})
     assert keras_norm("group") == "group" and keras_norm(None) is None
 
 
 @pytest.mark.parametrize("net_cls", NETS)
 def test_batchnorm_layers_have_the_keras_momentum_and_eps(net_cls):
-    net = net_cls(2, 1, 1, base_filters=4, norm="batch")
+    net = net_cls(2, 1, 1, features=4, norm="batch")
     bns = _bns(net)
     assert bns and all(m.momentum == 0.01 and m.eps == 1e-3 for m in bns)
-    kept = _bns(net_cls(2, 1, 1, base_filters=4, norm=("batch", {"momentum": 0.1, "eps": 1e-5})))
+    kept = _bns(net_cls(2, 1, 1, features=4, norm=("batch", {"momentum": 0.1, "eps": 1e-5})))
     assert len(kept) == len(bns) and all(m.momentum == 0.1 and m.eps == 1e-5 for m in kept)
     # instance norm is not Keras's BatchNormalization: PyTorch's defaults stay
-    inst = [m for m in net_cls(2, 1, 1, base_filters=4, norm="instance").modules()
+    inst = [m for m in net_cls(2, 1, 1, features=4, norm="instance").modules()
             if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm)]
     assert inst and all(m.eps == 1e-5 for m in inst)
 
 
 def test_resunet_family_uses_keras_batchnorm_by_default_and_unet_has_none():
-    for net_cls in (ResUNet, ResUNetPlusPlus):
-        bns = _bns(net_cls(3, 1, 2, base_filters=2))
+    for net_cls in (KerasResUNet, KerasResUNetPlusPlus):
+        bns = _bns(net_cls(3, 1, 2, features=2))
         assert bns and all(m.momentum == 0.01 and m.eps == 1e-3 for m in bns)
-    assert not _bns(UNet(2, 1, 1, base_filters=4)) and not _bns(UNetPlusPlus(2, 1, 1, base_filters=4))
+    assert not _bns(KerasUNet(2, 1, 1, features=4)) and not _bns(KerasUNetPlusPlus(2, 1, 1, features=4))
 
 
 def test_eval_normalisation_uses_eps_1e3():
     """In eval mode a BatchNorm with running mean 0, variance v, weight 1, bias 0 maps x to x / sqrt(v + 1e-3)."""
-    net = ResUNet(2, 1, 1, base_filters=2).eval()
+    net = KerasResUNet(2, 1, 1, features=2).eval()
     bn = net.stem.norm1
     with torch.no_grad():
         bn.running_var.fill_(0.004)
@@ -64,13 +67,13 @@ def test_eval_normalisation_uses_eps_1e3():
         assert torch.allclose(bn(x), torch.full_like(x, expected), rtol=1e-6)
 
 
-@pytest.mark.parametrize("net_cls", [UNet, ResUNetPlusPlus])
+@pytest.mark.parametrize("net_cls", [KerasUNet, KerasResUNetPlusPlus])
 def test_one_training_step_updates_running_mean_by_the_keras_rule(net_cls):
     """new = 0.99 * old + 0.01 * batch mean (Keras moving_mean = momentum * moving_mean + (1 - momentum) * mean),
     for every BatchNorm, from the tensor each one received, in NumPy. The variance follows PyTorch's unbiased rule
     (Keras uses the biased batch variance: the documented deviation)."""
     torch.manual_seed(0)
-    net = net_cls(2, 1, 1, base_filters=2, norm="batch").train()
+    net = net_cls(2, 1, 1, features=2, norm="batch").train()
     gen = torch.Generator().manual_seed(1)
     seen = {}
     for i, bn in enumerate(_bns(net)):
@@ -107,13 +110,13 @@ def _fans(w: torch.Tensor, transposed: bool) -> tuple[int, int]:
 def _he_modules(net: torch.nn.Module) -> set[int]:
     """ids of the layers the Keras helpers build with kernel_initializer='he_normal' (read off the Keras sources)."""
     he: list[torch.nn.Module] = []
-    if isinstance(net, UNet):  # unet_model: every 3x3 Conv2D; not the transposed convolutions, not the output
+    if isinstance(net, KerasUNet):  # unet_model: every 3x3 Conv2D; not the transposed convolutions, not the output
         he = [m for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d) and name != "final_conv"]
-    elif isinstance(net, UNetPlusPlus):  # unetplusplus_model: every 3x3 Conv2D and the 1x1 output
+    elif isinstance(net, KerasUNetPlusPlus):  # unetplusplus_model: every 3x3 Conv2D and the 1x1 output
         he = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     else:  # resunet_model / resunetplusplus_model: the stem only, plus squeeze-excite dense layers in ResUNet++
         he = [net.stem.conv1, net.stem.conv2, net.stem.shortcut[0]]
-        he += [m for se in net.modules() if isinstance(se, SqueezeExcite) for m in se.modules()
+        he += [m for se in net.modules() if isinstance(se, SqueezeExcitation) for m in se.modules()
                if isinstance(m, torch.nn.Linear)]
     return {id(m) for m in he}
 

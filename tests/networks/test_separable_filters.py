@@ -29,7 +29,7 @@ from networks.blocks.filters import (
     opencv_sigma,
     separable_factors,
 )
-from networks.edu import EDU, MDE, DenseBlock
+from networks.edu import EDU, MDE, DenseTransitionBlock
 from tests.networks.reference import np_gaussian, np_opencv_sigma
 
 SCIPY_MODE = {"zeros": "constant", "reflect": "mirror", "replicate": "nearest"}
@@ -280,18 +280,18 @@ def test_edu_and_frcunet_gaussians_are_separable():
 # --------------------------------------------------------------------------------------------------------- dense block
 
 
-def reference_dense_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
+def reference_dense_block(block: DenseTransitionBlock, x: torch.Tensor) -> torch.Tensor:
     """The implementation the buffer replaces: every layer concatenates its input with its new maps."""
     for layer in block.dense:
         x = torch.cat([x, layer.dropout(layer.layers(x))], dim=1)
     return block.transition(x)
 
 
-def _perturbed_block(dims: int, norm, dropout: float = 0.0) -> DenseBlock:
+def _perturbed_block(dims: int, norm, dropout: float = 0.0) -> DenseTransitionBlock:
     torch.manual_seed(0)
-    block = DenseBlock(dims, 3, 8, layers=3, norm=norm, dropout=dropout).double()
+    block = DenseTransitionBlock(dims, 3, 8, layers=3, norm=norm, dropout=dropout).double()
     with torch.no_grad():  # BN scales and shifts away from 1 and 0, running statistics away from 0 and 1
-        for name, p in block.named_parameters():
+        for p in block.parameters():
             p.add_(0.3 * torch.randn_like(p))
         for name, b in block.named_buffers():
             if name.endswith("running_mean"):
@@ -358,7 +358,7 @@ def test_buffer_saves_less_for_backward_than_concatenation():
             fn()
         return sum(storages.values())
 
-    block = DenseBlock(3, 8, 16, layers=4).double().train()
+    block = DenseTransitionBlock(3, 8, 16, layers=4).double().train()
     x = torch.randn(2, 8, 6, 6, 6, dtype=torch.float64, requires_grad=True)
     old, new = saved_bytes(lambda: reference_dense_block(block, x)), saved_bytes(lambda: block(x))
     maps = 2 * 6**3 * 8  # bytes of one float64 channel map of the batch
@@ -382,7 +382,7 @@ def test_edu_gradients_equal_the_concatenating_full_kernel_network():
     net = EDU(3, 1, 2, features=(4, 8), dense_layers=2).double().train()
     old = copy.deepcopy(net)
     for m in old.modules():
-        if isinstance(m, DenseBlock):
+        if isinstance(m, DenseTransitionBlock):
             m.forward = lambda x, m=m: reference_dense_block(m, x)
         if isinstance(m, FixedDepthwiseFilter):
             m.separable_policy = False

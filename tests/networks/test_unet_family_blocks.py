@@ -1,9 +1,10 @@
 """U-Net family building blocks, checked by value (networks/unet_family.py).
 
 UNet++'s nested skips are checked with hooks on every node (X^{i,j} must receive up(X^{i+1,j-1}) and
-X^{i,0..j-1} in the documented order); the blocks (UpCat, residual units, squeeze-excite, the summed ASPP and the
-ResUNet++ attention gate) are compared with their equations written out in NumPy (float64, batch norms in eval mode
-with random running statistics) and with hand-set weights whose result can be worked out by hand.
+X^{i,0..j-1} in the documented order); the blocks (KerasUpCat, residual units, the summed ASPP and the ResUNet++
+attention gate) are compared with their equations written out in NumPy (float64, batch norms in eval mode
+with random running statistics) and with hand-set weights whose result can be worked out by hand. The squeeze-excite
+block is the shared one (tests/networks/test_squeeze_excitation.py); here it is checked inside the residual units.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ import numpy as np
 import pytest
 import torch
 
+from networks.blocks import SqueezeExcitation
 from networks.unet_family import (
-    AttentionBlock,
     AttentionResUpCat,
+    KerasAttentionBlock,
+    KerasResidualUnit,
+    KerasResUNet,
+    KerasResUNetPlusPlus,
+    KerasUNetPlusPlus,
+    KerasUpCat,
     ResidualStem,
-    ResidualUnit,
-    ResUNet,
-    ResUNetPlusPlus,
     ResUpCat,
-    SqueezeExcite,
     SumASPP,
-    UNetPlusPlus,
-    UpCat,
 )
 
 DIMS = pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -102,7 +103,7 @@ def maxpool2(x: np.ndarray) -> np.ndarray:
     return x.reshape(shape).max(axis=tuple(range(3, len(shape), 2)))
 
 
-def np_se(x: np.ndarray, se: SqueezeExcite) -> np.ndarray:
+def np_se(x: np.ndarray, se: SqueezeExcitation) -> np.ndarray:
     """x * sigmoid(W2 relu(W1 mean(x))), no biases."""
     hidden = relu(x.reshape(*x.shape[:2], -1).mean(-1) @ npy(se.fc[0].weight).T)
     gate = sigmoid(hidden @ npy(se.fc[2].weight).T)
@@ -116,7 +117,7 @@ def np_double_conv(x: np.ndarray, block) -> np.ndarray:
     return x
 
 
-def np_residual_unit(x: np.ndarray, unit: ResidualUnit) -> np.ndarray:
+def np_residual_unit(x: np.ndarray, unit: KerasResidualUnit) -> np.ndarray:
     """[(norm0) -> ReLU -> Conv3x3 s -> BN -> ReLU -> Conv3x3] + [Conv1x1 s -> BN], then SE where present; the
     shortcut sees the raw input."""
     y = conv(relu(bn(conv(relu(bn(x, unit.norm0)), unit.conv1), unit.norm1)), unit.conv2)
@@ -124,7 +125,7 @@ def np_residual_unit(x: np.ndarray, unit: ResidualUnit) -> np.ndarray:
     return out if isinstance(unit.se, torch.nn.Identity) else np_se(out, unit.se)
 
 
-def np_attention(g: np.ndarray, x: np.ndarray, block: AttentionBlock, sigmoid_gate: bool) -> np.ndarray:
+def np_attention(g: np.ndarray, x: np.ndarray, block: KerasAttentionBlock, sigmoid_gate: bool) -> np.ndarray:
     """a = Conv(ReLU(BN(MaxPool2(Conv(ReLU(BN(g)))) + Conv(ReLU(BN(x)))))) (-> sigmoid); output a * x."""
 
     def path(t, seq):
@@ -161,7 +162,7 @@ def test_unetplusplus_nested_skips(spatial_dims, x03_quirk):
     very tensors those nodes returned), its double conv sees concat[up(X^{i+1,j-1}), X^{i,0}, ..., X^{i,j-1}] in that
     order, it has base * 2**i channels (2 * base at X^{0,3} with the quirk), and the output conv reads X^{0,4}."""
     base = 2
-    net = UNetPlusPlus(spatial_dims, 1, 2, base_filters=base, x03_quirk=x03_quirk).double().eval()
+    net = KerasUNetPlusPlus(spatial_dims, 1, 2, features=base, x03_quirk=x03_quirk).double().eval()
     nodes = {(i, j): getattr(net, f"conv_{i}_{j}") for j in range(5) for i in range(5 - j)}
     outputs, inputs, cat_inputs, up_outputs = {}, {}, {}, {}
     for key, node in nodes.items():
@@ -194,9 +195,9 @@ def test_unetplusplus_nested_skips(spatial_dims, x03_quirk):
 @DIMS
 @pytest.mark.parametrize("up_first", [True, False])
 def test_upcat_matches_numpy(spatial_dims, up_first):
-    """UpCat: ConvTranspose 2x2 stride 2 (no activation), concat with two skips ([up, s1, s2] for UNet++,
+    """KerasUpCat: ConvTranspose 2x2 stride 2 (no activation), concat with two skips ([up, s1, s2] for UNet++,
     [s1, s2, up] for U-Net), then [Conv3x3 -> ReLU] x 2."""
-    block = UpCat(spatial_dims, 4, 3, 2, up_channels=2, up_first=up_first).double()
+    block = KerasUpCat(spatial_dims, 4, 3, 2, up_channels=2, up_first=up_first).double()
     randomise(block)
     x = rand(2, 4, *(2,) * spatial_dims)
     skips = [rand(2, 1, *(4,) * spatial_dims, seed=1), rand(2, 2, *(4,) * spatial_dims, seed=2)]
@@ -216,7 +217,7 @@ def test_upcat_matches_numpy(spatial_dims, up_first):
 def test_residual_unit_with_silent_residual_path_returns_the_shortcut(spatial_dims, pre_norm, strides):
     """conv2 zeroed (weight and bias): F(x) = 0, so the unit returns BN(Conv1x1_s(x)) of the raw input; the 1x1 conv
     with stride s reads every s-th voxel."""
-    unit = ResidualUnit(spatial_dims, 3, 4, strides=strides, pre_norm=pre_norm).double().eval()
+    unit = KerasResidualUnit(spatial_dims, 3, 4, strides=strides, pre_norm=pre_norm).double().eval()
     randomise(unit)
     with torch.no_grad():
         unit.conv2.weight.zero_()
@@ -233,7 +234,7 @@ def test_residual_unit_with_silent_residual_path_returns_the_shortcut(spatial_di
 @pytest.mark.parametrize("pre_norm, strides, se_reduction", [(False, 2, None), (True, 2, 2), (True, 1, None)])
 def test_residual_unit_matches_numpy(spatial_dims, pre_norm, strides, se_reduction):
     """Output = F(x) + shortcut(x) (then SE): the pre-activation unit written out in NumPy."""
-    unit = ResidualUnit(spatial_dims, 3, 4, strides, pre_norm=pre_norm, se_reduction=se_reduction).double().eval()
+    unit = KerasResidualUnit(spatial_dims, 3, 4, strides, pre_norm=pre_norm, se_reduction=se_reduction).double().eval()
     randomise(unit, seed=1)
     x = rand(2, 3, *(4,) * spatial_dims)
     with torch.no_grad():
@@ -268,7 +269,7 @@ def test_resupcat_matches_numpy(spatial_dims):
 def test_resunet_encoder_normalised_tensor_is_unit_input_and_skip(spatial_dims):
     """ResUNet re-uses the normalised encoder output: what enters down[k] (main path and shortcut) is exactly the
     output of enc_norms[k], and the same tensor is the skip of decoder level 3 - k."""
-    net = ResUNet(spatial_dims, 1, 1, base_filters=2).double().eval()
+    net = KerasResUNet(spatial_dims, 1, 1, features=2).double().eval()
     normed, unit_in, skip_in = {}, {}, {}
     for k in range(4):
         net.enc_norms[k].register_forward_hook(lambda m, a, out, k=k: normed.__setitem__(k, out))
@@ -278,35 +279,6 @@ def test_resunet_encoder_normalised_tensor_is_unit_input_and_skip(spatial_dims):
         net(rand(1, 1, *(16,) * spatial_dims))
     for k in range(4):
         assert unit_in[k] is normed[k] and skip_in[k] is normed[k]
-
-
-# --------------------------------------------------------------------------------------------------- squeeze-excite
-
-
-@DIMS
-def test_squeeze_excite_formula(spatial_dims):
-    """SqueezeExcite(x) = x * sigmoid(W2 relu(W1 mean(x))) with random weights."""
-    se = SqueezeExcite(8, reduction=4).double()
-    randomise(se, std=1.0)
-    x = rand(2, 8, *(3,) * spatial_dims) + 0.5
-    with torch.no_grad():
-        np.testing.assert_allclose(se(x).numpy(), np_se(x.numpy(), se), rtol=1e-12)
-
-
-@DIMS
-def test_squeeze_excite_hand_worked(spatial_dims):
-    """W1 = 1 (hidden = relu(sum of the channel means)), W2 = 0 -> gate sigmoid(0) = 1/2; W2 = 1 on x = 1 everywhere
-    with 4 channels -> hidden = 4, gate sigmoid(4)."""
-    se = SqueezeExcite(4, reduction=4).double()
-    with torch.no_grad():
-        se.fc[0].weight.fill_(1.0)
-        se.fc[2].weight.zero_()
-    x = rand(1, 4, *(3,) * spatial_dims)
-    torch.testing.assert_close(se(x), 0.5 * x)
-    with torch.no_grad():
-        se.fc[2].weight.fill_(1.0)
-    ones = torch.ones(1, 4, *(3,) * spatial_dims, dtype=torch.float64)
-    torch.testing.assert_close(se(ones), torch.full_like(ones, 1 / (1 + np.exp(-4.0))))
 
 
 # ------------------------------------------------------------------------------------------------------------- ASPP
@@ -360,7 +332,7 @@ def test_sum_aspp_matches_numpy(spatial_dims):
 def test_resunetplusplus_aspp_modules_use_the_documented_dilations():
     """Bridge and output ASPP: 3x3 branches with dilations 6, 12, 18, 1 (x rate_scale), each padded to 'same'."""
     for scale, expected in ((1, (6, 12, 18, 1)), (0.25, (2, 3, 4, 1))):
-        net = ResUNetPlusPlus(3, 1, 1, base_filters=2, rate_scale=scale)
+        net = KerasResUNetPlusPlus(3, 1, 1, features=2, rate_scale=scale)
         for aspp in (net.bridge, net.out_aspp):
             assert [b[0].dilation for b in aspp.branches] == [(d,) * 3 for d in expected]
             assert [b[0].padding for b in aspp.branches] == [(d,) * 3 for d in expected]
@@ -374,7 +346,7 @@ def test_resunetplusplus_aspp_modules_use_the_documented_dilations():
 def test_attention_gate_hand_worked(spatial_dims, use_sigmoid):
     """Last conv of the gate zeroed with bias 2: the attention map is 2 everywhere (sigmoid(2) with the sigmoid), and
     the block returns that map times x."""
-    block = AttentionBlock(spatial_dims, 2, 3, sigmoid=use_sigmoid).double().eval()
+    block = KerasAttentionBlock(spatial_dims, 2, 3, sigmoid=use_sigmoid).double().eval()
     randomise(block)
     with torch.no_grad():
         block.gc_path[2].weight.zero_()
@@ -388,7 +360,7 @@ def test_attention_gate_hand_worked(spatial_dims, use_sigmoid):
 @pytest.mark.parametrize("use_sigmoid", [False, True])
 def test_attention_gate_matches_numpy(spatial_dims, use_sigmoid):
     """Random weights: g-path (BN, ReLU, Conv, MaxPool 2) + x-path (BN, ReLU, Conv) -> BN, ReLU, Conv -> gate * x."""
-    block = AttentionBlock(spatial_dims, 2, 3, sigmoid=use_sigmoid).double().eval()
+    block = KerasAttentionBlock(spatial_dims, 2, 3, sigmoid=use_sigmoid).double().eval()
     randomise(block, seed=5)
     g, x = rand(2, 2, *(4,) * spatial_dims), rand(2, 3, *(2,) * spatial_dims, seed=1)
     with torch.no_grad():

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from networks import UNetPlusPlus
+from networks import KerasUNetPlusPlus
 from tests.conftest import LUNG_BUNDLE
 
-TINY = {"in_channels": 1, "out_channels": 2, "base_filters": 2}
+TINY = {"in_channels": 1, "out_channels": 2, "features": 2}
 NODES = [f"conv_{i}_{j}" for j in range(5) for i in range(5 - j)]  # the 15 nodes X^{i,j}, i + j <= 4
 
 
@@ -32,9 +32,9 @@ def _randomise_bn(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return net
 
 
-def _net(spatial_dims: int = 2, seed: int = 0, **kwargs) -> UNetPlusPlus:
+def _net(spatial_dims: int = 2, seed: int = 0, **kwargs) -> KerasUNetPlusPlus:
     torch.manual_seed(seed)
-    return UNetPlusPlus(spatial_dims, **TINY, deep_supervision=True, **kwargs)
+    return KerasUNetPlusPlus(spatial_dims, **TINY, deep_supervision=True, **kwargs)
 
 
 def _x(*shape: int, seed: int = 1) -> torch.Tensor:
@@ -72,7 +72,7 @@ def test_each_head_is_its_own_1x1_convolution_of_its_node():
 
 
 def test_without_deep_supervision_one_tensor_and_the_same_state_dict_keys():
-    plain = UNetPlusPlus(2, **TINY)
+    plain = KerasUNetPlusPlus(2, **TINY)
     assert isinstance(plain.train()(_x(2, 1, 16, 16)), torch.Tensor)
     ds = _net()
     extra = sorted(set(ds.state_dict()) - set(plain.state_dict()))
@@ -175,7 +175,7 @@ def test_probability_average_hand_worked_and_finite_for_saturated_heads():
 def test_bad_settings_are_refused_in_one_line(kwargs, match):
     args = {"deep_supervision": True, **kwargs}
     with pytest.raises(ValueError, match=match) as info:
-        UNetPlusPlus(2, **TINY, **args)
+        KerasUNetPlusPlus(2, **TINY, **args)
     assert "\n" not in str(info.value)
 
 
@@ -183,7 +183,7 @@ def test_head_four_is_the_network_without_deep_supervision():
     """The X^{0,4} head keeps the name final_conv: the plain network loads a deep-supervision checkpoint's weights
     (without the extra heads) and gives the fast mode's head 4."""
     ds = _randomise_bn(_net(norm="batch", ds_mode="fast", ds_head=4)).eval()
-    plain = UNetPlusPlus(2, **TINY, norm="batch").eval()
+    plain = KerasUNetPlusPlus(2, **TINY, norm="batch").eval()
     plain.load_state_dict({k: v for k, v in ds.state_dict().items() if not k.startswith("final_conv_0_")})
     x = _x(1, 1, 16, 16)
     with torch.no_grad():
@@ -204,7 +204,7 @@ def test_supervised_trainer_step_sums_the_heads_losses(weight_mode, weights):
     from pipelines.losses import deep_supervision_loss
 
     torch.manual_seed(0)
-    net = UNetPlusPlus(2, 1, 1, base_filters=2, deep_supervision=True)
+    net = KerasUNetPlusPlus(2, 1, 1, features=2, deep_supervision=True)
     x, y = _x(2, 1, 16, 16), (_x(2, 1, 16, 16, seed=5) > 0).float()
     bce = torch.nn.BCEWithLogitsLoss()
     loss = deep_supervision_loss(bce) if weight_mode is None else deep_supervision_loss(bce, weight_mode=weight_mode)
@@ -230,7 +230,7 @@ def test_lung_bundle_override_as_documented_trains_one_step():
     from monai.handlers import MeanDice, from_engine
 
     readme = (LUNG_BUNDLE / "docs" / "README.md").read_text()
-    net_text = ('{"_target_": "networks.UNetPlusPlus", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, '
+    net_text = ('{"_target_": "networks.KerasUNetPlusPlus", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, '
                 '"deep_supervision": "$True"}')
     loss_text = '{"_target_": "pipelines.losses.deep_supervision_loss", "loss": "@loss"}'
     post_text = ('$monai.transforms.Compose([monai.transforms.Lambdad("pred", lambda p: p[-1]), '
@@ -240,12 +240,12 @@ def test_lung_bundle_override_as_documented_trains_one_step():
     parser = ConfigParser()
     parser.read_config(str(LUNG_BUNDLE / "configs" / "train.json"))
     net_def = DefaultParseValue(net_text)
-    net_def["base_filters"] = 2  # tiny, for the test
+    net_def["features"] = 2  # tiny, for the test
     parser["network_def"] = net_def
     parser["train#trainer#loss_function"] = DefaultParseValue(loss_text)
     parser["train#trainer#postprocessing"] = DefaultParseValue(post_text)
     net = parser.get_parsed_content("network_def")
-    assert isinstance(net, UNetPlusPlus) and net.deep_supervision is True
+    assert isinstance(net, KerasUNetPlusPlus) and net.deep_supervision is True
     loss = parser.get_parsed_content("train#trainer#loss_function")
     post = parser.get_parsed_content("train#trainer#postprocessing")
     assert type(loss).__name__ == "DeepSupervisionLoss" and type(loss.loss).__name__ == "DiceCELoss"
@@ -269,7 +269,7 @@ def test_torchscript_in_both_modes():
     """One scripted network (every branch of forward is compiled) run in each setting: without deep supervision,
     training (four heads), accurate with each average, fast with each head; equal to eager."""
     torch.manual_seed(0)
-    net = UNetPlusPlus(2, **TINY, norm="batch", deep_supervision=True)
+    net = KerasUNetPlusPlus(2, **TINY, norm="batch", deep_supervision=True)
     scripted = torch.jit.script(net)
     x = _x(2, 1, 16, 16)
     settings = [(False, "accurate", 4, "logits")] + [(True, "accurate", 4, a) for a in ("logits", "sigmoid", "softmax")]
