@@ -273,8 +273,10 @@ def report(results: dict) -> str:
     lines = [
         "# Data path at full size: memory and throughput against N",
         "",
-        "`python -m bench.data_scale` (see its docstring). Full-size synthetic data, shipped preprocessing, patch size,",
-        f"`num_samples` and `batch_size`; {results['workers']} DataLoader workers; 2-core machine, one run. Memory: peak",
+        "`python -m bench.data_scale` (see its docstring). Full-size synthetic data, shipped preprocessing, patch "
+        "size,",
+        f"`num_samples` and `batch_size`; {results['workers']} DataLoader workers; 2-core machine, one run. Memory: "
+        "peak",
         "summed PSS of the loader process and its workers. `disk` = `DiskCacheDataset` with `cache_memory_gb=0` (all",
         "memory-mapped), read from a filled cache; `cache` = `CacheDataset(cache_rate=1.0)`.",
         "",

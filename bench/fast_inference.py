@@ -87,12 +87,13 @@ def run_network(windows: int = 2, repeats: int = 2) -> dict:
     import torch
     from monai.bundle import ConfigParser
 
+    from pipelines.bundle import workflow_configs
     from pipelines.inference import ChannelsLast
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
     parser = ConfigParser()
-    parser.read_config(str(HERE.parent / "bundles" / "lung_nodule_ct_edu_segmentation" / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(HERE.parent / "bundles" / "lung_nodule_ct_edu_segmentation")])
     network = parser.get_parsed_content("network_def").eval()
     x = torch.randn(windows, 1, *parser.get_parsed_content("patch_size"))
     report, reference = {}, None

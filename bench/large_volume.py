@@ -18,7 +18,6 @@ Writes ``bench/results_large_volume.json`` and ``bench/results_large_volume.md``
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import shutil
@@ -103,7 +102,8 @@ def main() -> None:
     import platform
 
     report = {"shape": args.shape, "features": args.features, "precision": args.precision, "overlap": args.overlap,
-              "threads": args.threads, "machine_memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+              "threads": args.threads,
+              "machine_memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
               "cpu": platform.processor() or platform.machine(), **result}
     md = (
         "# Whole-volume inference memory\n\n"

@@ -280,7 +280,6 @@ def markdown(report: dict) -> str:
                      f"{r['estimate_over_rss']:.2f} | {e['probe_s']:.1f} |")
     if report["validation"]:
         live = [r["raw_over_live"] for r in report["validation"].values()]
-        rss = [r["estimate_over_rss"] for r in report["validation"].values()]
         lines += [
             "",
             f"raw / live from {min(live):.2f} to {max(live):.2f}: the parts account for every live byte, with a "

@@ -16,7 +16,6 @@ Writes ``bench/results.json`` and ``bench/results.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing as mp
 import platform
@@ -35,15 +34,15 @@ SEG3D = {
     "EDU": ("networks.EDU", {}),
     "EDU (mde=False)": ("networks.EDU", {"mde": False}),
     "FRCUNet": ("networks.FRCUNet", {"gauss_kernel_sizes": (3, 5)}),
-    "UNet (teaching)": ("networks.UNet", {}),
-    "UNet++ (teaching)": ("networks.UNetPlusPlus", {}),
-    "ResUNet (teaching)": ("networks.ResUNet", {}),
-    "ResUNet++ (teaching)": ("networks.ResUNetPlusPlus", {}),
+    "UNet (teaching)": ("networks.KerasUNet", {}),
+    "UNet++ (teaching)": ("networks.KerasUNetPlusPlus", {}),
+    "ResUNet (teaching)": ("networks.KerasResUNet", {}),
+    "ResUNet++ (teaching)": ("networks.KerasResUNetPlusPlus", {}),
 }
 NET2D = {
     "MONAI DenseNet121": ("monai.networks.nets.DenseNet121", {"spatial_dims": 2, "in_channels": 3, "out_channels": 7},
                           (3, 224, 224), "classification"),
-    "HEMF": ("networks.HEMF", {"spatial_dims": 2, "in_channels": 3, "num_classes": 7}, (3, 224, 224),
+    "HEMF": ("networks.HEMF", {"spatial_dims": 2, "in_channels": 3, "out_channels": 7}, (3, 224, 224),
              "classification"),
     "RRDBNet (ESRGAN x4)": ("networks.RRDBNet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "scale": 4},
                             (1, 64, 64), "super-resolution"),
@@ -121,7 +120,7 @@ def _matmul_peak(device_name: str, n: int, queue) -> None:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
 
-        def mm():
+        def mm(a=a, b=b):  # this iteration's matrices, bound at definition (ruff B023)
             a @ b
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -184,14 +183,14 @@ def _seg3d(target: str, kwargs: dict, setting: dict, device_name: str, volume_sh
             if setting["estimate_sw"]:
                 batch = torch.randn(setting["sw_batch"], 1, *roi, device=device)
                 net(batch)  # warm-up
-                per_batch = _time(lambda: net(batch), 1)
+                per_batch = _time(lambda batch=batch: net(batch), 1)
                 seconds = per_batch * math.ceil(n_windows / setting["sw_batch"])
             else:
                 volume = torch.randn(1, 1, *volume_shape, device=device)
                 inferer = SlidingWindowInferer(roi, sw_batch_size=setting["sw_batch"], overlap=setting["overlap"],
                                                mode="gaussian")
                 net(torch.randn(1, 1, *roi, device=device))
-                seconds = _time(lambda: inferer(volume, net), 1)
+                seconds = _time(lambda inferer=inferer, volume=volume: inferer(volume, net), 1)
         result[f"sw_{precision}_s"] = seconds
         result[f"sw_{precision}_voxels_per_s"] = math.prod(volume_shape) / seconds
     result["peak_mib"] = _peak_mib(device)
@@ -289,7 +288,8 @@ def run(quick: bool = False, device: str | None = None, only: list[str] | None =
         if only and name not in only:
             continue
         start = time.time()
-        report["networks_2d"][name] = {"task": task, **_run_isolated(_net2d, (target, kwargs, shape, task, setting, device))}
+        measured = _run_isolated(_net2d, (target, kwargs, shape, task, setting, device))
+        report["networks_2d"][name] = {"task": task, **measured}
         echo(f"bench: {name} ({time.time() - start:.0f} s)")
     base = report["segmentation_3d"].get("MONAI UNet")
     if base:
@@ -324,7 +324,8 @@ def markdown(report: dict) -> str:
         f"{roi} windows, overlap {s['overlap']}, sw_batch_size {s['sw_batch']}: {sw}. GFLOPs: one forward pass of one "
         f"{roi} window. Ratios are times divided by MONAI UNet's in the same run (lower is faster).",
         "",
-        "| 3D segmentation | params | GFLOPs | train step (s) | x UNet | sliding window fp32 (s) | x UNet | voxels/s fp32 | voxels/s bf16 | bf16 speed-up | peak MiB |",
+        "| 3D segmentation | params | GFLOPs | train step (s) | x UNet | sliding window fp32 (s) | x UNet "
+        "| voxels/s fp32 | voxels/s bf16 | bf16 speed-up | peak MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in report["segmentation_3d"].items():
@@ -354,7 +355,8 @@ def markdown(report: dict) -> str:
     if report["networks_2d"]:
         lines += [
             "",
-            "| 2D network | task | params | GFLOPs/image | train step (s) | train images/s | infer images/s fp32 | infer images/s bf16 | peak MiB |",
+            "| 2D network | task | params | GFLOPs/image | train step (s) | train images/s | infer images/s fp32 "
+            "| infer images/s bf16 | peak MiB |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, r in report["networks_2d"].items():
@@ -374,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="smaller windows and batches; under 5 minutes on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller windows and batches; under 5 minutes on 2 CPU cores")
     parser.add_argument("--device", help="torch device (default: CUDA when available, else CPU)")
     parser.add_argument("--only", nargs="+", help="measure only these networks (names as in the table)")
     parser.add_argument("--out", default=str(HERE), help="folder for results.json and results.md (default bench/)")

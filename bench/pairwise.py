@@ -62,7 +62,8 @@ def _measure(target: str, kwargs: dict, setting: dict, threads: int, queue) -> N
 
 
 def run(networks: Mapping[str, tuple[str, dict]], setting: dict, baseline: str, threads: int, mode: str) -> dict:
-    """Measure every network of ``networks`` (name -> (``_target_``, kwargs)) with ``setting``; ratios to ``baseline``."""
+    """Measure every network of ``networks`` (name -> (``_target_``, kwargs)) with ``setting``; ratios to
+    ``baseline``."""
     ctx = mp.get_context("spawn")
     results = {}
     for name, (target, kwargs) in networks.items():

@@ -37,7 +37,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from networks.blocks.filters import FixedDepthwiseFilter, _FixedDepthwiseConv  # noqa: E402
-from networks.edu import EDU, MDE, DenseBlock  # noqa: E402
+from networks.edu import EDU, MDE, DenseTransitionBlock  # noqa: E402
 from networks.frcunet import FrequencyRecalibration  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -57,8 +57,8 @@ def old_filter_forward(self: FixedDepthwiseFilter, x: torch.Tensor) -> torch.Ten
     return conv(F.pad(x, self._pad, mode=self.padding_mode), weight, groups=self.channels)
 
 
-def old_dense_block_forward(self: DenseBlock, x: torch.Tensor) -> torch.Tensor:
-    """``DenseBlock.forward`` before the change: every layer returns ``torch.cat([x, new], dim=1)``."""
+def old_dense_block_forward(self: DenseTransitionBlock, x: torch.Tensor) -> torch.Tensor:
+    """``DenseTransitionBlock.forward`` before the change: every layer returns ``torch.cat([x, new], dim=1)``."""
     for layer in self.dense:
         x = torch.cat([x, layer.dropout(layer.layers(x))], dim=1)
     return self.transition(x)
@@ -70,7 +70,7 @@ def as_old(module: nn.Module) -> nn.Module:
     for m in old.modules():
         if isinstance(m, FixedDepthwiseFilter):
             m.forward = types.MethodType(old_filter_forward, m)
-        elif isinstance(m, DenseBlock):
+        elif isinstance(m, DenseTransitionBlock):
             m.forward = types.MethodType(old_dense_block_forward, m)
     return old
 
@@ -116,13 +116,13 @@ def _cases(quick: bool) -> list[dict]:
         dict(group="filters", name="FRCU-Net FR 2D, ISIC bundle (256 ch, kernels 3-9, 16 x 16, batch 2)",
              make=lambda: FrequencyRecalibration(2, 256), shape=(2, 256, 16, 16), passes=both),
         dict(group="dense", name="E-DU dense block, decoder level 0 (64 -> 32 ch, batch 1)",
-             make=lambda: DenseBlock(3, 64, 32), shape=(1, 64) + sp(96, 96, 64), passes=("forward",)),
+             make=lambda: DenseTransitionBlock(3, 64, 32), shape=(1, 64) + sp(96, 96, 64), passes=("forward",)),
         dict(group="dense", name="E-DU dense block, encoder level 1 (32 -> 64 ch, batch 2)",
-             make=lambda: DenseBlock(3, 32, 64), shape=(2, 32) + sp(48, 48, 32), passes=both),
+             make=lambda: DenseTransitionBlock(3, 32, 64), shape=(2, 32) + sp(48, 48, 32), passes=both),
         dict(group="dense", name="E-DU dense block, decoder level 3 (512 -> 256 ch, batch 2)",
-             make=lambda: DenseBlock(3, 512, 256), shape=(2, 512) + sp(12, 12, 8), passes=both),
+             make=lambda: DenseTransitionBlock(3, 512, 256), shape=(2, 512) + sp(12, 12, 8), passes=both),
         dict(group="dense", name="E-DU dense block 2D (64 -> 32 ch, batch 2)",
-             make=lambda: DenseBlock(2, 64, 32), shape=(2, 64) + sp(128, 128), passes=both),
+             make=lambda: DenseTransitionBlock(2, 64, 32), shape=(2, 64) + sp(128, 128), passes=both),
         dict(group="network", name="E-DU 3D, shipped widths (32-512), one window, batch 1",
              make=lambda: EDU(3, 1, 2), shape=(1, 1) + sp(64, 64, 32), passes=("forward",)),
         dict(group="network", name="E-DU 3D, shipped widths (32-512), batch 2",

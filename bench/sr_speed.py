@@ -32,14 +32,18 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 CONFIGS = {
-    "2D se_esrgan full preset (nf 64, gc 64, nb 24)": {"dims": 2, "net": {"nf": 64, "gc": 64, "nb": 24},
-                                                       "scale": 4, "lr": [64, 64], "roi": [64, 64]},
-    "2D CPU-sized (nf 32, gc 32, nb 4)": {"dims": 2, "net": {"nf": 32, "gc": 32, "nb": 4}, "scale": 4,
-                                          "lr": [128, 128], "roi": [64, 64]},
-    "3D CT bundle default (nf 32, gc 16, nb 8)": {"dims": 3, "net": {"nf": 32, "gc": 16, "nb": 8},
-                                                  "scale": [1, 1, 2], "lr": [64, 64, 16], "roi": [64, 64, 16]},
-    "3D CPU-sized (nf 16, gc 8, nb 2)": {"dims": 3, "net": {"nf": 16, "gc": 8, "nb": 2}, "scale": [1, 1, 2],
-                                         "lr": [128, 128, 16], "roi": [64, 64, 16]},
+    "2D se_esrgan full preset (nf 64, gc 64, nb 24)": {
+        "dims": 2, "net": {"features": 64, "growth_channels": 64, "num_blocks": 24}, "scale": 4, "lr": [64, 64],
+        "roi": [64, 64]},
+    "2D CPU-sized (nf 32, gc 32, nb 4)": {
+        "dims": 2, "net": {"features": 32, "growth_channels": 32, "num_blocks": 4}, "scale": 4, "lr": [128, 128],
+        "roi": [64, 64]},
+    "3D CT bundle default (nf 32, gc 16, nb 8)": {
+        "dims": 3, "net": {"features": 32, "growth_channels": 16, "num_blocks": 8}, "scale": [1, 1, 2],
+        "lr": [64, 64, 16], "roi": [64, 64, 16]},
+    "3D CPU-sized (nf 16, gc 8, nb 2)": {
+        "dims": 3, "net": {"features": 16, "growth_channels": 8, "num_blocks": 2}, "scale": [1, 1, 2],
+        "lr": [128, 128, 16], "roi": [64, 64, 16]},
 }
 QUICK = {"2D CPU-sized (nf 32, gc 32, nb 4)": {"lr": [64, 64]},
          "3D CPU-sized (nf 16, gc 8, nb 2)": {"lr": [64, 64, 16]}}

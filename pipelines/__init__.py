@@ -1,1 +1,2 @@
-"""Everything between files on disk and the networks: data layouts, synthetic writers, transforms, engines, inference."""
+"""Everything between files on disk and the networks: data layouts, synthetic writers, transforms, engines,
+inference."""

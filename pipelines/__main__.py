@@ -93,6 +93,8 @@ def _infer(args: argparse.Namespace) -> int:
     options = {"weights": args.weights, "precision": args.precision, "tta": args.tta, "series": args.series or "",
                "channels_last": {"auto": None, "on": True, "off": False}[args.channels_last]}
     options.update(output_format=args.format, statistics=args.statistics, preview=args.preview)
+    if args.backend is not None:  # else the bundle's "backend" key, torch when it has none
+        options["backend"] = args.backend
     if args.quiet:  # else each volume's sliding-window bar shows when stderr is a terminal
         options["progress"] = False
     try:
@@ -166,6 +168,7 @@ def _report_torchrun(gathered: list, output: str, env, start: float) -> int:
     stopped ranks, or writes the merged summary and prints the totals."""
     import time
 
+    from pipelines.distributed import is_main_process
     from pipelines.inference import merge_results, write_summary
 
     fatal_ranks: dict[str, list[int]] = {}
@@ -173,14 +176,14 @@ def _report_torchrun(gathered: list, output: str, env, start: float) -> int:
         if message:
             fatal_ranks.setdefault(message, []).append(rank)
     if fatal_ranks:
-        if env.rank == 0:
+        if is_main_process():
             for message, ranks in fatal_ranks.items():
                 where = "" if len(ranks) == env.world_size else f" (rank {', '.join(map(str, ranks))})"
                 print(f"error: {message}{where}", file=sys.stderr, flush=True)
         return 2
     merged = merge_results(part for part, _ in gathered)
     failed = [r for r in merged if not r.ok]
-    if env.rank == 0:
+    if is_main_process():
         write_summary(output, merged, world_size=env.world_size, wall_seconds=time.time() - start)
         print(f"infer: {len(merged) - len(failed)} written, {len(failed)} failed, output in {output} "
               f"({env.world_size} ranks)", flush=True)
@@ -219,6 +222,7 @@ def _bench(bench_args: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.bundle import parse_override
+    from pipelines.io.formats import OUTPUT_FORMATS
 
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="write a synthetic data set in a real data set's layout (small, or luna16 "
                            "and brats at full size)")
-    synth.add_argument("layout", choices=["luna16", "brats", "isic-seg", "isic-cls", "image-folder", "ultrasound"], help="which data set layout to write")
+    synth.add_argument("layout", choices=["luna16", "brats", "isic-seg", "isic-cls", "image-folder", "ultrasound"],
+                       help="which data set layout to write")
     synth.add_argument("--out", required=True, help="folder to write the data set into")
     synth.add_argument("--cases", type=int, default=6, help="number of scans (default 6)")
     synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data")
@@ -259,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "a bad bundle.",
     )
     infer.add_argument("bundle", help="bundle folder (with configs/inference.json and models/model.pt)")
-    infer.add_argument("inputs", nargs="+", help="NIfTI, MetaImage or NRRD files, DICOM series folders, or folders of them "
+    infer.add_argument("inputs", nargs="+",
+                       help="NIfTI, MetaImage or NRRD files, DICOM series folders, or folders of them "
                        "(BraTS case folders for the brats bundle, images for the isic bundle)")
     infer.add_argument("--output", required=True, help="folder for the predictions")
     infer.add_argument("--weights", help="weights file instead of <bundle>/models/model.pt")
@@ -267,15 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--overlap", type=float, help="sliding-window overlap (default: the bundle's)")
     infer.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the bundle's)")
     infer.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="auto: AMP on CUDA as the bundle says, fp32 on a CPU; bf16 also on CPUs with AMX/AVX-512 BF16")
+                       help="auto: AMP on CUDA as the bundle says, fp32 on a CPU; "
+                            "bf16 also on CPUs with AMX/AVX-512 BF16")
     infer.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                        help="channels-last memory format for the network (auto: on with bf16/fp16, the fast path)")
+    infer.add_argument("--backend", choices=["torch", "onnxruntime"], default=None,
+                       help="the network's runtime (default: the bundle's \"backend\" key, else torch); onnxruntime: "
+                       "exported once to ONNX (cached beside the weights) and run by ONNX Runtime on the CPU in fp32 "
+                       "inside the same sliding window")
     infer.add_argument("--series", metavar="UID", help="DICOM folders holding several series: run this "
                        "SeriesInstanceUID only (default: each series is its own output, named by its UID)")
     infer.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 passes per window in 3D)")
     infer.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                        help="override any inference.json value, e.g. --set stitch_device=cpu (repeatable)")
-    infer.add_argument("--format", choices=["dicom-seg", "nifti", "nrrd", "mha"], default=None,  # OUTPUT_FORMATS
+    infer.add_argument("--format", choices=list(OUTPUT_FORMATS), default=None,
                        help="prediction file format (default: the bundle's own, NIfTI for the volume bundles); "
                        "dicom-seg: a DICOM Segmentation referencing the input series (DICOM folders only)")
     infer.add_argument("--statistics", action="store_true",

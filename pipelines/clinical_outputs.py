@@ -37,14 +37,9 @@ import SimpleITK as sitk
 from pipelines.io.atomic import atomic_path
 from pipelines.io.checks import dicom_series
 from pipelines.io.dicom_seg import Algorithm, write_dicom_seg
+from pipelines.io.formats import IMAGE_SUFFIXES, OUTPUT_FORMATS, suffix_of
 
-__all__ = ["ClinicalOutputs", "OUTPUT_FORMATS", "bundle_labels", "read_input_images"]
-
-#: ``--format`` -> the prediction file's extension
-OUTPUT_FORMATS = {"dicom-seg": ".dcm", "nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
-
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".png", ".jpg", ".jpeg", ".tif",
-                   ".tiff", ".bmp")
+__all__ = ["ClinicalOutputs", "bundle_labels", "read_input_images"]
 
 
 def bundle_labels(metadata: Mapping[str, Any], label_names: Mapping | None = None) -> tuple[dict[int, str], str | None]:
@@ -99,11 +94,9 @@ def _channels(image: sitk.Image) -> list[np.ndarray]:
 
 
 def _base(name: str) -> str:
-    lower = name.lower()
-    for suffix in _IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    """``name`` without its image suffix (any other suffix: the last one)."""
+    suffix = suffix_of(name, IMAGE_SUFFIXES)
+    return name[: len(name) - len(suffix)] if suffix else Path(name).stem
 
 
 @dataclass

@@ -5,7 +5,8 @@ and a ``"$..."`` string is Python evaluated with ``eval``. :func:`code_findings`
 ``.yaml``) of a bundle and returns one line for each place that would run code outside the trusted namespaces
 (:data:`TRUSTED`: MONAI, PyTorch, Ignite, NumPy and this project's ``networks`` and ``pipelines``, which an
 exported bundle carries as source). The configs of a bundle are merged when run together (``train.json`` with
-``evaluate.json``), so the imports of all of them count for each:
+``evaluate.json``, ``inference.json`` or ``multi_gpu_train.json``: :data:`pipelines.bundle.WORKFLOWS`), so the
+imports of all of them count for each:
 
 - a ``_target_`` that does not resolve into a trusted namespace (MONAI's bare names such as ``"Dataset"`` do);
 - in a ``$`` expression: a call whose callee is not a trusted module's function, a config reference (``@id``, whose

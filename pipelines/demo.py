@@ -24,6 +24,7 @@ from scipy import ndimage
 from pipelines.bundle import derive_bundle
 from pipelines.data.luna16 import read_annotations
 from pipelines.inference import infer_volumes
+from pipelines.io.geometry import affine_of, index_to_world
 
 __all__ = ["DEMO_OVERRIDES", "Detection", "component_centroids", "nodule_detection", "run_demo", "summary_line"]
 
@@ -84,10 +85,7 @@ def component_centroids(image: sitk.Image) -> np.ndarray:
     if n == 0:
         return np.zeros((0, 3))
     zyx = np.asarray(ndimage.center_of_mass(pred, labels, index=np.arange(1, n + 1)), dtype=np.float64)
-    index = zyx[:, ::-1]  # (x, y, z) voxel indices, SimpleITK's order
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    to_world = direction @ np.diag(np.asarray(image.GetSpacing(), dtype=np.float64))
-    return np.asarray(image.GetOrigin(), dtype=np.float64) + index @ to_world.T
+    return index_to_world(affine_of(image, lps_to_ras=False), zyx[:, ::-1])  # (x, y, z) indices, SimpleITK's order
 
 
 def nodule_detection(dataset: Path, predictions: Path, min_diameter_mm: float = 8.0) -> Detection:
@@ -137,7 +135,8 @@ def _metric(csv_path: Path, name: str) -> float:
     raise ValueError(f"{csv_path}: no {name} row")
 
 
-def run_demo(workdir: str = "demo_run", epochs: int | None = None, cases: int | None = None, fresh: bool = False) -> int:
+def run_demo(workdir: str = "demo_run", epochs: int | None = None, cases: int | None = None,
+             fresh: bool = False) -> int:
     """Run the whole demo in ``workdir``; print one summary line at the end. Returns the exit code."""
     from pipelines.synth.luna16 import write_luna16
 
@@ -150,7 +149,8 @@ def run_demo(workdir: str = "demo_run", epochs: int | None = None, cases: int | 
     train_data, test_data = work / "data" / "LUNA16", work / "data" / "LUNA16-test"
     n_cases = cases or 16
 
-    print(f"[1/5] synthetic LUNA16: {n_cases} training scans -> {train_data}, 4 held-out scans -> {test_data}", flush=True)
+    print(f"[1/5] synthetic LUNA16: {n_cases} training scans -> {train_data}, "
+          f"4 held-out scans -> {test_data}", flush=True)
     if not (train_data / "annotations.csv").exists():
         write_luna16(train_data, cases=n_cases, seed=0)
     if not (test_data / "annotations.csv").exists():

@@ -2,9 +2,10 @@
 
 The zip holds a single folder ``<bundle name>/`` with::
 
-    configs/         the bundle's configs; the JSON ones rewritten so that the project code inside the bundle is found
+    configs/         the bundle's configs; the JSON ones that name project code get the ``_requires_`` below
     models/model.pt  the trained weights (a plain state dict, as the MONAI Model Zoo ships them)
-    models/model.ts  TorchScript of ``network_def`` with those weights (``torch.jit.script``, else ``torch.jit.trace``);
+    models/model.ts  TorchScript of the inference workflow's ``network_def`` (``train.json`` merged with
+                     ``inference.json``) with those weights (``torch.jit.script``, else ``torch.jit.trace``);
                      ``models/model.pt2`` (``torch.export``) when neither works
     docs/, LICENSE
     networks/, pipelines/   the project code the configs name (``.py`` files, plus the metadata schemas)
@@ -25,38 +26,37 @@ configs build the network its weights belong to.
 Beside the zip, ``<zip>.sha256`` holds the archive's SHA-256 in ``sha256sum`` format, for ``verify --sha256`` or
 ``sha256sum -c``.
 
-Why the code sits at the bundle root and the configs are rewritten: MONAI evaluates every ``$import`` /
-``$from ... import`` statement of a config eagerly, the first time *any* item is resolved, and a failed import is
-not an error there (``optional_import`` stores a stub that raises when used). ``ConfigWorkflow.run`` adds the bundle
-root to ``sys.path`` only after ``initialize`` has evaluated them, and ``monai.bundle.load`` never does. An early
-``"$sys.path.insert(0, @bundle_root)"`` entry in ``imports`` cannot help: it is not an import statement, so it is not
-evaluated early. So the exported configs get:
+The configs only wire: every use of project code is a ``_target_`` component (``networks.EDU``,
+``pipelines.data.datalists.luna16``), never a ``$`` expression or a ``$from pipelines ... import`` line (such a config
+is refused with one line naming the file and the id). So nothing of them is rewritten as Python. What an exported
+bundle still needs is its own ``networks``/``pipelines`` on ``sys.path`` before the first of those ``_target_`` is
+located: MONAI's ``ConfigWorkflow.run`` adds the bundle root to ``sys.path`` only after ``initialize`` has run (and
+``initialize`` builds project components: the folder checks, a multi-GPU run's data shares), and ``ckpt_export``,
+``onnx_export`` and ``monai.bundle.load`` never do. So each exported config that names project code gets, in JSON:
 
 * ``"bundle_code"``: an expression that puts the absolute ``@bundle_root`` first on ``sys.path`` (once) and evaluates
-  to it (``$import os`` / ``$import sys`` are added to ``imports`` for it);
+  to it (``$import os`` / ``$import sys`` are added to ``imports``, or to ``+imports`` in an overlay);
 * ``"_requires_": "@bundle_code"`` on every component whose ``_target_`` or arguments name project code
-  (``networks.EDU``, ``"writer": "pipelines.io.AtomicNibabelWriter"``), so the path is set before they are located;
-* for each ``$from pipelines.x import name`` statement (removed from ``imports``): an item
-  ``"bundle_code_name": {"_target_": "pipelines.x.name", "_mode_": "callable", "_requires_": "@bundle_code"}``, and
-  the expressions that used ``name`` refer to ``@bundle_code_name`` instead. (These could not be expressions such as
-  ``"$importlib.import_module(...) if @bundle_code else None"``: MONAI parses every expression containing the word
-  "import" as Python to spot import statements, and ``@bundle_code`` is a syntax error there.)
+  (``networks.EDU``, ``"writer": "pipelines.io.AtomicNibabelWriter"``), so the path is set before they are located.
 
-``_target_`` names are unchanged; configs that name no project code (``evaluate.json``) are copied unchanged.
-``monai.bundle.load(name, bundle_dir=...)`` builds ``network_def`` from the bundle's config with ``bundle_root`` left
-at its default ``"."`` (the working directory): pass ``args_file`` with ``{"bundle_root": "<the bundle folder>"}``,
-or ``model=``, or ``load_ts_module=True`` (the TorchScript file needs no project code).
+Tracking settings (``mlflow.json``: MONAI copies only their ``configs`` into the workflow's config) get the
+``_requires_`` alone, the workflow's own config defining ``bundle_code``. ``_target_`` names are unchanged; configs that
+name no project code are copied unchanged. The workflows merge as in
+the repository (:data:`pipelines.bundle.WORKFLOWS`): inference is ``--config_file
+"['configs/train.json','configs/inference.json']"``. ``monai.bundle.load(name, bundle_dir=..., workflow_type="train")``
+builds ``network_def`` from ``train.json``, where it is defined (``workflow_type="inference"`` reads
+``inference.json`` alone, an overlay without the network); ``bundle_root`` is left at its default ``"."`` (the working
+directory): pass ``args_file`` with ``{"bundle_root": "<the bundle folder>"}``, or ``model=``, or
+``load_ts_module=True`` (the TorchScript file needs no project code).
 """
 
 from __future__ import annotations
 
-from pipelines.bundle import parse_override
+from pipelines.bundle import apply_overrides, build_network, parse_override, workflow_configs
 
 import argparse
-import ast
 import datetime as _dt
 import hashlib
-import io
 import json
 import logging
 import math
@@ -66,7 +66,6 @@ import re
 import shutil
 import sys
 import tempfile
-import tokenize
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -96,7 +95,8 @@ BOOT_IMPORTS = ("$import os", "$import sys")
 # files of the code packages that go into the bundle: Python sources and the metadata schemas (package data)
 CODE_PATTERNS = ("*.py", "schemas/*.json")
 REPO = Path(__file__).resolve().parents[1]
-_REF = re.compile(r"@\w*(?:(?:::|#)\w*)*")  # MONAI's reference syntax (``@a#b``, ``@a::b``) inside "$" expressions
+# project code named inside a "$" expression or imported by one: the exported bundle could not find it in time
+_INLINE_CODE = re.compile(r"(?<![\w.])(?:%s)\.\w|\b(?:import|from)\s+(?:%s)\b" % (("|".join(CODE_PACKAGES),) * 2))
 
 
 class ExportError(RuntimeError):
@@ -149,70 +149,6 @@ def _is_code_name(text: Any) -> bool:
     return isinstance(text, str) and any(text == p or text.startswith(p + ".") for p in CODE_PACKAGES)
 
 
-def _code_import(expr: Any) -> list[tuple[str, str, str | None]] | None:
-    """``[(bound name, module, attribute or None)]`` when ``expr`` is a ``$`` import statement of project code."""
-    if not (isinstance(expr, str) and expr.startswith("$") and "import" in expr):
-        return None
-    try:
-        tree = ast.parse(expr[1:])
-    except SyntaxError:
-        return None
-    if len(tree.body) != 1 or not isinstance(tree.body[0], (ast.Import, ast.ImportFrom)):
-        return None
-    node = tree.body[0]
-    if isinstance(node, ast.ImportFrom):
-        if node.level or not _is_code_name(node.module):
-            return None
-        return [(a.asname or a.name, node.module, a.name) for a in node.names]
-    if not all(_is_code_name(a.name) for a in node.names):
-        return None
-    # ``import a.b`` binds ``a`` (a.b imported); ``import a.b as c`` binds the module a.b
-    return [(a.asname, a.name, None) if a.asname else (a.name.split(".")[0], a.name, None) for a in node.names]
-
-
-def _rename_names(expr: str, names: dict[str, str]) -> str:
-    """Replace the free names ``names`` keys in a ``$`` expression by their values (``@id`` references).
-
-    References are masked first (``@train#dataset`` is not Python), then the expression is tokenized so that
-    attributes (``x.name``), keyword arguments (``name=``) and string contents are left alone."""
-    refs: list[str] = []
-
-    def mask(m: re.Match) -> str:
-        refs.append(m.group(0))
-        return f"__bundle_ref_{len(refs) - 1}__"
-
-    body = _REF.sub(mask, expr[1:])
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(body).readline))
-    except (tokenize.TokenError, IndentationError, SyntaxError):
-        tokens = None
-    if tokens is None:  # not tokenizable: whole words not after a dot nor before "=" (but "==" is fine)
-        pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, names)) + r")\b(?!\s*=(?!=))")
-        out = pattern.sub(lambda m: names[m.group(1)], body)
-    else:
-        lines = body.splitlines(keepends=True)
-        starts = [0]
-        for line in lines:
-            starts.append(starts[-1] + len(line))
-        edits = []
-        significant = [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
-                                                           tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)]
-        for i, t in enumerate(significant):
-            if t.type != tokenize.NAME or t.string not in names:
-                continue
-            if i > 0 and significant[i - 1].string == ".":
-                continue
-            if i + 1 < len(significant) and significant[i + 1].string == "=":
-                continue
-            start = starts[t.start[0] - 1] + t.start[1]
-            edits.append((start, start + len(t.string), names[t.string]))
-        out = body
-        for start, end, new in reversed(edits):
-            out = out[:start] + new + out[end:]
-    out = re.sub(r"__bundle_ref_(\d+)__", lambda m: refs[int(m.group(1))], out)
-    return "$" + out
-
-
 def _mentions_code(node: Any) -> bool:
     if isinstance(node, dict):
         return any(_mentions_code(v) for v in node.values())
@@ -221,47 +157,33 @@ def _mentions_code(node: Any) -> bool:
     return _is_code_name(node) or (isinstance(node, str) and f"@{BOOT_ID}" in node)
 
 
-def bundle_config(config: dict) -> tuple[dict, bool]:
-    """Rewrite one bundle config so that the project code is imported from ``@bundle_root`` (see the module doc).
+def _inline_code(node: Any, path: str = "") -> list[str]:
+    """``id: expression`` of each ``$`` expression that names or imports project code."""
+    if isinstance(node, dict):
+        return [hit for k, v in node.items() for hit in _inline_code(v, f"{path}#{k}" if path else str(k))]
+    if isinstance(node, list):
+        return [hit for i, v in enumerate(node) for hit in _inline_code(v, f"{path}#{i}")]
+    if isinstance(node, str) and node.startswith("$") and _INLINE_CODE.search(node):
+        return [f"{path}: {node}"]
+    return []
+
+
+def bundle_config(config: dict, name: str | os.PathLike = "config") -> tuple[dict, bool]:
+    """The exported form of one bundle config (see the module doc): JSON wiring only, nothing rewritten as Python.
 
     Returns the new config and whether anything needed the code. Configs that name no project code come back
-    unchanged, so override files such as ``evaluate.json`` keep working when merged over ``train.json``.
+    unchanged, so override files such as ``evaluate.json`` keep working when merged over ``train.json``. A ``$``
+    expression that names or imports project code is an ``ExportError`` naming ``name`` (the file) and the id.
     """
-    config = json.loads(json.dumps(config))
-    imported: dict[str, str] = {}
-    new_items: dict[str, Any] = {}
+    inline = _inline_code(config)
+    if inline:
+        more = f" (and {len(inline) - 1} more)" if len(inline) > 1 else ""
+        raise ExportError(f"{name}: {inline[0]}{more}: project code in a $ expression; wire it as a _target_ "
+                          "component with named arguments (the exported bundle finds its code only for those)")
 
-    def strip_imports(node: Any) -> Any:
-        if isinstance(node, list):
-            kept = []
-            for item in node:
-                spec = _code_import(item)
-                if spec is None:
-                    kept.append(strip_imports(item))
-                    continue
-                for name, module, attr in spec:
-                    if attr is not None:  # from module import attr: the object itself
-                        item_config = {"_target_": f"{module}.{attr}", "_mode_": "callable"}
-                    else:  # import module (as name)
-                        item_config = {"_target_": "importlib.import_module", "name": module}
-                        if "." in module and name == module.split(".")[0]:  # ``import a.b`` binds ``a``
-                            new_items[f"{BOOT_ID}_{module.replace('.', '_')}"] = {**item_config,
-                                                                                   "_requires_": f"@{BOOT_ID}"}
-                            item_config = {"_target_": "importlib.import_module", "name": name,
-                                           "_requires_": f"@{BOOT_ID}_{module.replace('.', '_')}"}
-                    new_items[f"{BOOT_ID}_{name}"] = {**item_config, "_requires_": item_config.get(
-                        "_requires_", f"@{BOOT_ID}")}
-                    imported[name] = f"@{BOOT_ID}_{name}"
-            return kept
+    def wire(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: strip_imports(v) for k, v in node.items()}
-        return node
-
-    config = strip_imports(config)
-
-    def rewrite(node: Any) -> Any:
-        if isinstance(node, dict):
-            node = {k: rewrite(v) for k, v in node.items()}
+            node = {k: wire(v) for k, v in node.items()}
             if "_target_" in node and _mentions_code(node):
                 requires = node.get("_requires_")
                 ref = f"@{BOOT_ID}"
@@ -271,18 +193,20 @@ def bundle_config(config: dict) -> tuple[dict, bool]:
                     node["_requires_"] = (requires if isinstance(requires, list) else [requires]) + [ref]
             return node
         if isinstance(node, list):
-            return [rewrite(v) for v in node]
-        if imported and isinstance(node, str) and node.startswith("$"):
-            return _rename_names(node, imported)
+            return [wire(v) for v in node]
         return node
 
-    config = rewrite(config)
-    if not (new_items or _mentions_code(config)):
+    config = wire(json.loads(json.dumps(config)))
+    if not _mentions_code(config):
         return config, False
+    if "handlers_id" in config and "configs" in config:
+        # tracking settings (mlflow.json): MONAI copies only their "configs" into the workflow's config, whose own
+        # exported train.json / inference.json defines @bundle_code
+        return config, True
     imports_key = "imports" if "imports" in config else "+imports"  # "+": merged into a base config's imports
     imports = list(config.get(imports_key, []))
     imports += [s for s in BOOT_IMPORTS if s not in imports]
-    out: dict[str, Any] = {imports_key: imports, BOOT_ID: BOOT_EXPR, **new_items}
+    out: dict[str, Any] = {imports_key: imports, BOOT_ID: BOOT_EXPR}
     out.update({k: v for k, v in config.items() if k != imports_key})
     return out, True
 
@@ -296,26 +220,6 @@ def _read_json(path: Path, name: Path | None = None) -> dict:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ExportError(f"{name or path}: cannot be read as JSON ({e})") from None
-
-
-def apply_overrides(config: dict, overrides: Mapping[str, Any]) -> tuple[dict, list[str]]:
-    """``config`` with each override whose id it holds (``"nf"``, ``"network_def#nb"``, a literal top-level key such
-    as ``"validate#dataset"``) set to its value; returns the new config and the ids applied."""
-    from monai.bundle import ConfigParser
-
-    if not overrides:
-        return config, []
-    parser = ConfigParser(json.loads(json.dumps(config)))
-    applied = []
-    for key, value in overrides.items():
-        if key in config:  # a literal top-level key, "#" included
-            parser.config[key] = value  # type: ignore[index]
-        elif key in parser:
-            parser[key] = value
-        else:
-            continue
-        applied.append(key)
-    return parser.get(), applied
 
 
 def _overrides_hint(overrides: Mapping[str, Any]) -> str:
@@ -334,46 +238,26 @@ def _input_shape(meta: dict) -> tuple[int, ...]:
 
 
 def _state_dict(path: Path, name: Path | None = None) -> dict:
-    """The state dict in ``path`` (a plain one or ``{"model": state}``); errors name ``name`` (the user's file)."""
-    import torch
+    """The state dict in ``path`` (:func:`pipelines.io.weights.read_state_dict`); errors name ``name`` (the user's
+    file)."""
+    from pipelines.io.weights import read_state_dict
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a pickle that needs code, a cut-off file...: one line naming the file
-        raise ExportError(f"{name or path}: cannot be read as plain tensors (torch.load weights_only=True: "
-                          f"{_first_line(e)})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ExportError(f"{name or path}: not a state dict")
-    return state
+        return read_state_dict(path, name=name)
+    except (FileNotFoundError, ValueError) as e:
+        raise ExportError(str(e)) from None
 
 
-def _build_network(bundle_dir: Path, config_file: Path, weights: Path, overrides: Mapping[str, Any] | None = None,
+def _build_network(bundle_dir: Path, weights: Path, overrides: Mapping[str, Any] | None = None,
                    weights_name: Path | None = None):
-    """``network_def`` of ``config_file`` (with ``overrides``) on the CPU, in eval mode, with ``weights`` loaded
-    strictly. Errors name ``weights_name`` (the user's weights file) and ``config_file``, never a staged copy."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
-    parser["bundle_root"] = str(bundle_dir)
-    if overrides:
-        parser.update(dict(overrides))
+    """The inference workflow's ``network_def`` (:func:`pipelines.bundle.build_network`, with ``overrides``) on the
+    CPU, in eval mode, with ``weights`` loaded strictly. Errors name ``weights_name`` (the user's weights file) or the
+    config that defines ``network_def``, never a staged copy."""
     try:
-        net = parser.get_parsed_content("network_def").eval()
-    except Exception as e:  # noqa: BLE001 - MONAI wraps every instantiation error; one line naming the config
-        raise ExportError(f"{config_file}: network_def does not build{_overrides_hint(overrides or {})}: "
-                          f"{_first_line(e)}") from None
-    try:
-        net.load_state_dict(_state_dict(weights, weights_name))
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
-        detail = detail if len(detail) <= 200 else detail[:197] + "..."
-        raise ExportError(f"{weights_name or weights}: does not fit network_def of {config_file} ({detail})"
-                          f"{_overrides_hint(overrides or {})}") from None
-    return net
+        return build_network(bundle_dir, "inference", overrides=overrides, weights=weights,
+                             weights_name=weights_name).eval()
+    except (FileNotFoundError, ValueError) as e:
+        raise ExportError(f"{e}{_overrides_hint(overrides or {})}") from None
 
 
 def _export_model(bundle_dir: Path, stage: Path, meta: dict, overrides: Mapping[str, Any] | None = None,
@@ -381,17 +265,18 @@ def _export_model(bundle_dir: Path, stage: Path, meta: dict, overrides: Mapping[
     """Write ``models/model.ts`` (``torch.jit.script``, else ``torch.jit.trace`` on a random input of the declared
     shape) or, when neither gives a loadable file, ``models/model.pt2`` (``torch.export``); return its record.
 
-    The TorchScript file carries the metadata and ``inference.json`` as extra files, as ``monai.bundle ckpt_export``
-    writes it (its converter and saver are reused; ``ckpt_export`` itself would rebuild the network for each try)."""
+    The TorchScript file carries the metadata and the inference workflow's configs (``train.json``,
+    ``inference.json``, with the overrides) as extra files, as ``monai.bundle ckpt_export --config_file "[...]"``
+    writes them (its converter and saver are reused; ``ckpt_export`` itself would rebuild the network for each try)."""
     import torch
     from monai.data import save_net_with_metadata
     from monai.networks.utils import convert_to_torchscript
 
-    config = bundle_dir / "configs" / "inference.json"
-    net = _build_network(bundle_dir, config, stage / "models" / "model.pt", overrides, weights_name)
+    net = _build_network(bundle_dir, stage / "models" / "model.pt", overrides, weights_name)
     shape = _input_shape(meta)
     example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
-    extra = {"inference.json": json.dumps(apply_overrides(_read_json(config), overrides or {})[0]).encode()}
+    extra = {path.name: json.dumps(apply_overrides(_read_json(path), overrides or {})[0]).encode()
+             for path in workflow_configs(bundle_dir, "inference")}
     ts_path = stage / "models" / "model.ts"
     errors = []
     for kind in ("script", "trace"):
@@ -601,7 +486,7 @@ def export_bundle(
     name = name or bundle_dir.name
     if not re.fullmatch(r"[\w.-]+", name):
         raise ValueError(f"bundle name {name!r}: only letters, digits, '_', '-' and '.'")
-    for required in ("configs/metadata.json", "configs/inference.json", "LICENSE"):
+    for required in ("configs/metadata.json", "configs/train.json", "configs/inference.json", "LICENSE"):
         if not (bundle_dir / required).is_file():
             raise FileNotFoundError(f"{bundle_dir / required}: required bundle file not found")
     weights_path = Path(weights).resolve() if weights else bundle_dir / "models" / "model.pt"
@@ -666,7 +551,7 @@ def export_bundle(
         if meta_changed:
             (stage / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
         for config_name, config in configs.items():
-            content, changed = bundle_config(config)
+            content, changed = bundle_config(config, bundle_dir / "configs" / config_name)
             if changed or config_name in overridden:
                 (stage / "configs" / config_name).write_text(json.dumps(content, indent=4) + "\n")
         _copy_code(stage)
@@ -674,20 +559,12 @@ def export_bundle(
         model: dict[str, Any] | None = None
         if weights_path.is_file():
             (stage / "models").mkdir()
-            try:
-                state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - a pickle that needs code, a cut-off file...
-                raise ExportError(f"{weights_path}: cannot be read as plain tensors (torch.load weights_only=True: "
-                                  f"{_first_line(e)})") from None
-            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-                torch.save(state["model"], stage / "models" / "model.pt")  # the Model Zoo's plain state dict
-            else:
-                shutil.copy2(weights_path, stage / "models" / "model.pt")
+            # the Model Zoo's plain state dict, whatever layout the file has (pipelines.io.weights reads them all)
+            torch.save(_state_dict(weights_path), stage / "models" / "model.pt")
             if torchscript:
                 model = _export_model(bundle_dir, stage, meta, overrides, weights_path)
             else:  # still make sure that the weights fit network_def
-                _build_network(bundle_dir, bundle_dir / "configs" / "inference.json", stage / "models" / "model.pt",
-                               overrides, weights_path)
+                _build_network(bundle_dir, stage / "models" / "model.pt", overrides, weights_path)
 
         large = large_files_entries(stage, urls, large_file_bytes)
         if large:

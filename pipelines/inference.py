@@ -1,10 +1,10 @@
 """Any volume on disk -> the bundle's preprocessing -> sliding window -> inverse transforms -> a file in its geometry.
 
-This runs the pieces of a bundle's ``configs/inference.json`` (``network_def``, ``preprocessing``, ``inferer``,
-``postprocessing``) one input at a time, so that one unreadable scan is reported and skipped instead of stopping the
-rest. The output overlays its input exactly: same shape, spacing, origin and direction, because ``postprocessing``
-inverts every preprocessing step (``Invertd``) before writing. Files are written to a temporary name and renamed,
-so an interrupted run never leaves a partial result.
+This runs the pieces of a bundle's inference workflow (``configs/train.json`` with the ``configs/inference.json``
+overlay: ``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``) one input at a time, so that one
+unreadable scan is reported and skipped instead of stopping the rest. The output overlays its input exactly: same
+shape, spacing, origin and direction, because ``postprocessing`` inverts every preprocessing step (``Invertd``) before
+writing. Files are written to a temporary name and renamed, so an interrupted run never leaves a partial result.
 
 Bad inputs, each one failed result naming its file while the other inputs still run (``python -m pipelines infer``
 exits 1): unreadable or truncated files, a 4D file (or 2D) where the network is 3D (or 3D where it is 2D), a wrong
@@ -15,6 +15,9 @@ folder that cannot be written is one error before any input is read (``ValueErro
 ``output_format``/``statistics``/``preview`` (``--format dicom-seg|nifti|nrrd|mha``, ``--statistics``, ``--preview``)
 turn the saver's file into a DICOM SEG or another format and add a statistics JSON and a PNG preview beside it, in the
 staging folder before the case is published (:mod:`pipelines.clinical_outputs`).
+
+``backend`` (``--backend onnxruntime``, or the bundle's ``"backend"`` key) runs the loaded network in ONNX Runtime on
+the CPU, exported once and cached beside the weights, inside the same inferer (:mod:`pipelines.inferers`).
 
 Under ``torchrun`` every rank lists the inputs, removes repeats and names the outputs identically, then runs its own
 share of that final list (:func:`shard`: volume ``i`` on rank ``i % world_size``), so an output's name never depends
@@ -27,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import re
 import shutil
 import socket
@@ -38,23 +40,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-import SimpleITK as sitk
 import torch
-from monai.bundle import ConfigParser
 
+from pipelines.bundle import build_network, bundle_parser, workflow_configs
 from pipelines.clinical_outputs import ClinicalOutputs
 from pipelines.data.volumes import list_volumes, volume_name
+from pipelines.inferers import ChannelsLast, MirrorTTA  # the network wrappers; importable from here too
+from pipelines.inferers import onnxruntime_network
 from pipelines.io import SELECTED_SERIES, dicom_series, ensure_writable, read_image_information, write_json_atomic
-from pipelines.io.readers import SUFFIXES, read_voxels
-
-_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
+from pipelines.io.formats import READER_SUFFIXES, has_suffix
+from pipelines.io.readers import count_nonfinite, is_floating, read_voxels
+from pipelines.io.weights import load_weights
 
 __all__ = [
     "InferenceResult", "BundleInferer", "ChannelsLast", "MirrorTTA", "SUMMARY_NAME", "TorchrunEnv", "error_message",
-    "infer_volumes", "inference_summary", "load_weights", "merge_results", "shard", "torchrun_device", "torchrun_env",
+    "infer_volumes", "inference_summary", "merge_results", "shard", "torchrun_device", "torchrun_env",
     "write_summary",
 ]
+
+#: the runtimes of a bundle's network (``--backend``, the config's ``backend`` key)
+BACKENDS = ("torch", "onnxruntime")
 
 #: the run's record in its output folder: one entry per input, and totals (:func:`write_summary`)
 SUMMARY_NAME = "inference_summary.json"
@@ -101,81 +106,16 @@ def error_message(error: BaseException, source: str | Path) -> str:
     return message if str(source) in message else f"{source}: {message}"
 
 
-def load_weights(network: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu") -> None:
-    """Load a Model Zoo style ``model.pt`` (a state dict, or ``{"model": state_dict}``) into ``network``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: trained weights not found (train the bundle first, or pass --weights)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a plain weights file (a state dict of tensors); refusing to load it, since "
-                         f"unpickling arbitrary objects can run code ({reason[:160]})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of the network's weights")
-    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
-    try:
-        target.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"{path}: these weights do not fit the bundle's network_def ({first[:200]}); was the "
-                         "network changed by an override after training?") from None
-
-
-class ChannelsLast(torch.nn.Module):
-    """Run ``network`` in the channels-last memory format (NHWC in 2D, NDHWC in 3D) and return a contiguous output.
-
-    oneDNN on CPUs (and cuDNN with AMP on GPUs) has faster convolution kernels for channels-last tensors. Measured by
-    ``bench/fast_inference.py`` on this project's 2-core CPU, the shipped lung E-DU's forward pass over two
-    96 x 96 x 64 windows: fp32 1.36x, bf16 autocast 2.21x instead of 1.53x. The weights are converted once here (in
-    place), every input window on the way in. The numbers do not change beyond floating-point reordering.
-    """
-
-    def __init__(self, network: torch.nn.Module, spatial_dims: int) -> None:
-        super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"channels-last needs 2 or 3 spatial dimensions, got {spatial_dims}")
-        self.memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
-        self.network = network.to(memory_format=self.memory_format)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x.contiguous(memory_format=self.memory_format)).contiguous()
-
-
-class MirrorTTA(torch.nn.Module):
-    """Test-time augmentation by mirroring: the mean of the network's outputs over every combination of flips of
-    ``axes`` (spatial axes, 0-based), each flipped back. ``axes=(0, 1, 2)`` runs the network 8 times per window."""
-
-    def __init__(self, network: torch.nn.Module, axes: tuple[int, ...] = (0, 1, 2)) -> None:
-        super().__init__()
-        self.network = network
-        self.axes = tuple(axes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import itertools
-
-        outputs = []
-        for r in range(len(self.axes) + 1):
-            for combo in itertools.combinations(self.axes, r):
-                dims = [a + 2 for a in combo]
-                flipped = x.flip(dims) if dims else x
-                y = self.network(flipped)
-                outputs.append(y.flip(dims) if dims else y)
-        return torch.stack(outputs).mean(0)
-
-
 class BundleInferer:
     """Build a bundle's inference pieces once and apply them to volumes one by one.
 
     Args:
-        bundle_dir: the bundle folder (with ``configs/inference.json``).
+        bundle_dir: the bundle folder (``configs/train.json`` and the inference overlay ``configs/inference.json``,
+            merged as :func:`pipelines.bundle.workflow_configs` lists them).
         output_dir: where the predictions go.
         weights: weights file; defaults to the config's ``ckpt_path`` (``<bundle>/models/model.pt``).
         overrides: config values to override (``{"overlap": 0.25, "device": "cpu"}``...).
-        config_file: another inference config inside the bundle.
+        config_file: another inference overlay inside the bundle (read after ``train.json``).
         precision: ``"auto"`` (the config's ``amp`` on CUDA, fp32 on a CPU), ``"fp32"``, ``"bf16"`` (autocast on the CPU
             too, fast where the CPU has AMX/AVX-512 BF16) or ``"fp16"`` (CUDA only).
         tta: average the outputs over mirrored inputs (:class:`MirrorTTA` on every spatial axis).
@@ -188,6 +128,10 @@ class BundleInferer:
         progress: a tqdm bar over the sliding window's windows of each volume (MONAI's ``progress`` flag, set on
             any inferer that has one); ``None``: :func:`pipelines.engines.progress.show_progress` (stderr is a
             terminal, rank 0, no ``PIPELINES_QUIET``); the config's ``show_progress`` is set to the same.
+        backend: ``"torch"`` or ``"onnxruntime"``: the network, built and loaded as for torch, exported once to ONNX
+            (cached beside the weights) and run by ONNX Runtime on the CPU inside the same inferer
+            (:func:`pipelines.inferers.onnxruntime_network`); fp32 only, no channels-last, a CPU device. ``None``:
+            the config's ``backend`` key, ``"torch"`` when it has none.
     """
 
     def __init__(
@@ -205,6 +149,7 @@ class BundleInferer:
         statistics: bool = False,
         preview: bool = False,
         progress: bool | None = None,
+        backend: str | None = None,
     ) -> None:
         if precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -212,6 +157,8 @@ class BundleInferer:
         config = self.bundle_dir / config_file
         if not config.is_file():
             raise FileNotFoundError(f"{config}: bundle inference config not found")
+        # the inference workflow's configs (pipelines.bundle.WORKFLOWS): train.json, then the inference overlay
+        config_files = [*workflow_configs(self.bundle_dir, "inference")[:-1], config]
         self.output_dir = Path(output_dir)
         ensure_writable(self.output_dir, what="predictions")
         _remove_dead_staging(self.output_dir)
@@ -220,22 +167,16 @@ class BundleInferer:
         self.staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-{_host()}-",
                                              dir=self.output_dir))
         try:
-            self._setup(config, overrides, weights, precision, tta, channels_last, progress)
+            self._setup(config_files, overrides, weights, precision, tta, channels_last, progress, backend)
             self._setup_clinical(output_format, statistics, preview)
         except BaseException:
             self.close()  # a bundle that does not build leaves nothing behind
             raise
 
-    def _setup(self, config: Path, overrides, weights, precision: str, tta: bool, channels_last: bool | None,
-               progress: bool | None = None) -> None:
-        self.parser = ConfigParser()
-        try:
-            self.parser.read_config(str(config))
-        except Exception as e:  # noqa: BLE001 - a JSON/YAML error: one line, not a traceback
-            raise ValueError(f"{config}: cannot read the config ({_one_line(e)})") from None
-        self.parser.update(
-            {"bundle_root": str(self.bundle_dir), "output_dir": str(self.staging), "dataset_dir": "", "datalist": []}
-        )
+    def _setup(self, config_files: list[Path], overrides, weights, precision: str, tta: bool,
+               channels_last: bool | None, progress: bool | None = None, backend: str | None = None) -> None:
+        self.parser = bundle_parser(self.bundle_dir, files=config_files,
+                                    overrides={"output_dir": str(self.staging), "dataset_dir": "", "datalist": []})
         self.parser.update(dict(overrides or {}))
         if progress is None and "show_progress" in dict(overrides or {}):  # --set show_progress=false
             progress = bool(self._build("show_progress"))
@@ -246,16 +187,14 @@ class BundleInferer:
         self.progress = bool(progress)
         self.parser["show_progress"] = self.progress
         self.device = torch.device(self._build("device"))
+        self.backend = self._backend(backend, precision, channels_last)  # before the network goes to the device
         for key in ("network_def", "network"):  # network_def is resolved once; network reuses it
             if key in self.parser:
-                built = self._build(key)
-                if not isinstance(built, torch.nn.Module):
-                    raise ValueError(f"{config}: {key!r} builds a {type(built).__name__}, not a torch.nn.Module "
-                                     "(check network_def's _target_)")
-        self.network = built
+                self.network = build_network(self.bundle_dir, parser=self.parser, files=config_files, key=key)
         self._spatial_dims = self._config_int("network_def#spatial_dims")
         self._in_channels = self._config_int("network_def#in_channels")
-        load_weights(self.network, weights or self._build("ckpt_path"), self.device)
+        weights = weights or self._build("ckpt_path")
+        load_weights(self.network, weights, missing_hint="train the bundle first, or pass --weights")
         self.network.eval()
         self.precision = precision
         self.amp = bool(self._build("amp")) if "amp" in self.parser else False
@@ -264,6 +203,8 @@ class BundleInferer:
         if channels_last is None:
             channels_last = self.reduced_precision
         self.channels_last = bool(channels_last)
+        if self.backend == "onnxruntime":
+            self.network = self._onnxruntime(weights, dims)
         if self.channels_last:
             self.network = ChannelsLast(self.network, dims).eval()
         if tta:
@@ -275,6 +216,63 @@ class BundleInferer:
         self.postprocessing = self._build("postprocessing")
         self.postfix = self._save_postfix()
         self._list_inputs = self._build("list_inputs") if "list_inputs" in self.parser else list_volumes
+
+    def _backend(self, backend: str | None, precision: str, channels_last: bool | None) -> str:
+        """The network's runtime: ``backend``, else the config's ``backend`` key, else ``"torch"``; one-line
+        ``ValueError`` for an unknown one and for what ONNX Runtime does not run here (CUDA, reduced precision,
+        channels-last)."""
+        where = "--backend"
+        if backend is None:
+            backend = str(self._build("backend")) if "backend" in self.parser else "torch"
+            where = f"{self.bundle_dir / 'configs'}: 'backend'"
+        if backend not in BACKENDS:
+            raise ValueError(f"{where} must be {' or '.join(BACKENDS)}, got {backend!r}")
+        if backend == "onnxruntime":
+            import importlib.util
+
+            if importlib.util.find_spec("onnxruntime") is None:
+                raise ValueError("backend onnxruntime needs the onnxruntime package (requirements.txt pins it: "
+                                 "pip install onnxruntime)")
+            if self.device.type != "cpu":
+                raise ValueError(f"backend onnxruntime runs on the CPU (CPUExecutionProvider), not on {self.device}: "
+                                 "use --device cpu, or --backend torch on a GPU")
+            if precision in ("bf16", "fp16"):
+                raise ValueError(f"backend onnxruntime runs the network in fp32, not {precision}: use "
+                                 f"--precision fp32, or --backend torch for {precision}")
+            if channels_last:
+                raise ValueError("backend onnxruntime chooses its own memory layout: --channels-last applies to "
+                                 "--backend torch")
+        return backend
+
+    def _onnxruntime(self, weights: str | Path, dims: int) -> torch.nn.Module:
+        """The loaded network exported to ONNX (once per weights file) in an ONNX Runtime session, traced at the
+        inferer's window (``roi_size``) or else the metadata's input shape, batch 2."""
+        inferer = self._build("inferer")  # built here already to read its window; the parser keeps this instance
+        roi = getattr(inferer, "roi_size", None)
+        roi = [int(roi)] * dims if isinstance(roi, int) else list(roi) if roi is not None else None
+        if roi is None or len(roi) != dims or min(roi) <= 0:
+            roi = self._metadata_spatial_shape(dims)
+        channels = self._in_channels or 1
+        try:
+            return onnxruntime_network(self.network, weights, (2, channels, *roi), fallback_dir=self.staging)
+        except ValueError as e:
+            raise ValueError(f"{self.bundle_dir}: its network does not export to ONNX for the onnxruntime backend "
+                             f"({e})") from None
+
+    def _metadata_spatial_shape(self, dims: int) -> list[int]:
+        """``metadata.json``'s input ``spatial_shape``; a ``"32*n"`` entry (any multiple of 32) counts as 64."""
+        import json
+
+        meta = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text())
+        spec = next(iter(meta["network_data_format"]["inputs"].values()))["spatial_shape"]
+        shape = []
+        for s in spec:
+            text = str(s).replace(" ", "")
+            shape.append(int(text.split("*")[0]) * 2 if text.endswith("*n") else int(text))
+        if len(shape) != dims:
+            raise ValueError(f"{self.bundle_dir / 'configs' / 'metadata.json'}: input spatial_shape {spec} is not "
+                             f"{dims}D")
+        return shape
 
     def _setup_clinical(self, output_format: str | None, statistics: bool, preview: bool) -> None:
         """``--format/--statistics/--preview``: labels from the config's ``label_names`` or the bundle's metadata."""
@@ -327,7 +325,7 @@ class BundleInferer:
             try:
                 info = read_image_information(path)
             except ValueError:
-                if path.name.lower().endswith(SUFFIXES) or not path.exists():
+                if has_suffix(path, READER_SUFFIXES) or not path.exists():
                     raise
                 return  # a PNG or JPEG SimpleITK cannot read: the bundle's own reader decides, and says why
             if self._spatial_dims is not None and info.GetDimension() != self._spatial_dims:
@@ -336,12 +334,11 @@ class BundleInferer:
                 raise ValueError(f"{path}: {info.GetDimension()}D image, this bundle's network takes "
                                  f"{self._spatial_dims}D input{hint}")
             channels += info.GetNumberOfComponents()
-            if info.GetPixelID() in _FLOAT_TYPES:  # integer files cannot hold NaN / Inf: read floating-point ones only
-                array = read_voxels(path)
-                if not np.isfinite(array).all():
-                    raise ValueError(f"{path}: the image holds {int(np.isnan(array).sum())} NaN and "
-                                     f"{int(np.isinf(array).sum())} Inf value(s); they would make the prediction "
-                                     "meaningless, so fix or replace them (e.g. with the background value)")
+            # integer files cannot hold NaN / Inf: read floating-point ones only
+            nan, inf = count_nonfinite(read_voxels(path)) if is_floating(info) else (0, 0)
+            if nan or inf:
+                raise ValueError(f"{path}: the image holds {nan} NaN and {inf} Inf value(s); they would make the "
+                                 "prediction meaningless, so fix or replace them (e.g. with the background value)")
         if self._in_channels is not None and channels != self._in_channels:
             kinds = {1: "grey", 3: "RGB", 4: "RGBA"}
             what = f"{channels} channel(s)" + (f" ({kinds[channels]})" if channels in kinds else "")
@@ -465,6 +462,7 @@ def infer_volumes(
     statistics: bool = False,
     preview: bool = False,
     progress: bool | None = None,
+    backend: str | None = None,
 ) -> list[InferenceResult]:
     """Run a bundle on every volume in ``inputs`` (files, DICOM folders, or folders of volumes).
 
@@ -485,14 +483,15 @@ def infer_volumes(
     midway leaves none that describes other files; :func:`write_summary` writes the new one.
 
     ``output_format``, ``statistics`` and ``preview``: the clinical outputs of :class:`BundleInferer`; ``progress``:
-    its sliding-window bar (``None``: shown when stderr is a terminal, see :mod:`pipelines.engines.progress`).
+    its sliding-window bar (``None``: shown when stderr is a terminal, see :mod:`pipelines.engines.progress`);
+    ``backend``: its network's runtime (``None``: the bundle's ``backend`` key, else torch).
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} of world size {world_size}: need 0 <= rank < world size")
     main_rank = rank == 0
     engine = BundleInferer(bundle_dir, output_dir, weights=weights, overrides=overrides, precision=precision, tta=tta,
                            channels_last=channels_last, output_format=output_format, statistics=statistics,
-                           preview=preview, progress=progress)
+                           preview=preview, progress=progress, backend=backend)
     try:
         volumes: list[dict] = []
         results: list[InferenceResult] = []

@@ -9,12 +9,11 @@ between trade fidelity for texture without retraining).
   alpha weights more, the PSNR model for alpha < 0.5 and the GAN model from 0.5 on.
 - The two files must hold the same keys with the same shapes and dtypes; otherwise a one-line ``ValueError`` names the
   file and the first bad key.
-- Inputs are a plain state dict (a bundle's ``model.pt`` / ``model_final.pt``, written by ``CheckpointSaver`` with one
-  network) or a dict holding it under ``"generator"`` (the SR bundles' ``checkpoint.pt``,
-  :class:`~pipelines.engines.ResumableCheckpoint`), ``"network"``, ``"model"`` or ``"state_dict"``; a ``module.``
-  prefix (DDP) is removed. The output is a plain state dict, which a bundle's ``CheckpointLoader`` (``load_dict``
-  ``{"model": ...}``) and ``--ckpt_path`` take as they take ``model.pt``; it is written to a temporary name and
-  renamed when complete.
+- Inputs are read by :func:`pipelines.io.weights.read_state_dict`: a plain state dict (a bundle's ``model.pt`` /
+  ``model_final.pt``) or one under ``"generator"`` (the SR bundles' ``checkpoint.pt``), ``"network"``, ``"model"`` or
+  ``"state_dict"``, DDP's ``module.`` prefix removed. The output is a plain state dict, which a bundle's
+  ``CheckpointLoader`` (``load_dict`` ``{"model": ...}``) and ``--ckpt_path`` take as they take ``model.pt``; it is
+  written to a temporary name and renamed when complete.
 
     python -m pipelines interpolate PSNR.pt GAN.pt --alpha 0.8 --out interp_08.pt
 
@@ -29,42 +28,10 @@ from pathlib import Path
 
 import torch
 
-from pipelines.io import atomic_path
+from pipelines.io.atomic import atomic_path
+from pipelines.io.weights import read_state_dict
 
-__all__ = ["STATE_DICT_KEYS", "read_state_dict", "interpolate_state_dicts", "interpolate_files"]
-
-#: keys under which a checkpoint dict may hold the generator's state dict, tried in this order
-STATE_DICT_KEYS = ("generator", "network", "model", "state_dict")
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict held by ``path`` (see the module docstring for the layouts), on the CPU.
-
-    Raises:
-        FileNotFoundError: ``path`` is not an existing file.
-        ValueError: the file is not a torch file or holds no state dict of tensors.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such file")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to read means the file is not a usable checkpoint
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise ValueError(f"{file}: not a readable torch checkpoint ({type(e).__name__}: "
-                         f"{lines[0][:200] if lines else ''})") from None
-    if isinstance(state, Mapping):
-        for key in STATE_DICT_KEYS:
-            if isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not state:
-        raise ValueError(f"{file}: holds no state dict (a dict of tensors, or one under "
-                         f"{', '.join(repr(k) for k in STATE_DICT_KEYS)})")
-    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
-    if bad is not None:
-        raise ValueError(f"{file}: entry {bad!r} is a {type(state[bad]).__name__}, not a tensor; not a state dict")
-    return {str(k).removeprefix("module."): v for k, v in state.items()}
+__all__ = ["interpolate_state_dicts", "interpolate_files"]
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Segmentation metrics: MONAI's where they exist, hand-written where MONAI has none, and a per-case report.
+"""Segmentation metrics: MONAI's where they exist, hand-written where MONAI has none, and their Ignite handlers.
 
 The teaching repository of the U-Net family (RezaSaadatyar/Medical-Image-Processing) reports IoU, Dice/F1, pixel
 accuracy, mean pixel accuracy, mIoU, boundary F1, precision and recall; this project adds HD95 and surface Dice
@@ -19,8 +19,14 @@ boundary_f1             hand-written: :func:`compute_boundary_f1`            :cl
 ======================  ===================================================  ================================
 
 Inputs follow MONAI: binarised one-hot tensors, ``(B, C, *spatial)`` for the ``compute_*`` batch functions and the
-cumulative metrics, ``(C, *spatial)`` for one case in :func:`compute_case_metrics` and :func:`segmentation_report`;
-2D and 3D. Channel 0 is background; the report and :func:`compute_case_metrics` compute every channel.
+cumulative metrics, ``(C, *spatial)`` for one case in :func:`compute_case_metrics` (and the per-case report,
+:func:`pipelines.reports.segmentation.segmentation_report`, which scores with it); 2D and 3D. Channel 0 is background;
+the report and :func:`compute_case_metrics` compute every channel.
+
+This module computes; the files are written by :mod:`pipelines.reports` (``segmentation_report`` stays importable
+from here). For evaluators: :class:`HD95` is the Ignite handler of :class:`HD95Metric` (see the empty-mask policy),
+:func:`channel_output` selects one output channel for an Ignite metric (one TensorBoard scalar per BraTS region), and
+:func:`pooled_scores` / :func:`per_class_means` / :func:`value_summary` reduce per-case values the way the reports do.
 
 Spacing (millimetres per voxel along each spatial axis, in the array's axis order) may be a number (isotropic), a
 sequence with one value per spatial axis, or, for a batch, a sequence with one such entry per case. ``None`` means
@@ -39,7 +45,9 @@ Empty-mask policy (the same for every function here):
   as in MONAI's confusion-matrix metrics.
 * ``hd95`` is NaN whenever either side is empty (MONAI 1.6's behaviour), whatever ``empty_value`` is. Its
   cumulative :class:`HD95Metric` aggregates to NaN, not MONAI's 0.0, when every value is NaN, and
-  :func:`left_out_cases` counts the cases its mean left out (the evaluators log and save that count beside it).
+  :func:`left_out_cases` counts the cases its mean left out (the evaluators log and save that count beside it). Its
+  handler :class:`HD95` puts that count in ``engine.state.metrics["<name>_left_out"]``, so that ``MetricsSaver``'s
+  ``metrics.csv`` and the log say both; MONAI's ``HausdorffDistance`` handler reduces all-NaN to 0.0 and says nothing.
 * ``mean_pixel_accuracy`` averages per-class recall over the classes present in the label; ``mean_iou`` averages IoU
   over the classes present in the label or the prediction (a class predicted but absent scores 0 and counts). Both
   are computed before ``empty_value`` is applied, so classes absent from both never enter these means.
@@ -52,20 +60,18 @@ with ``ignore_empty=False`` they give 1.0 when both are empty (``empty_value=1.0
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import logging
 import math
-import os
-import tempfile
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Engine
 from monai.data import MetaTensor
+from monai.handlers import IgniteMetricHandler
+from monai.handlers.utils import from_engine
 from monai.metrics import (
     CumulativeIterationMetric,
     HausdorffDistanceMetric,
@@ -88,16 +94,22 @@ __all__ = [
     "compute_mean_pixel_accuracy",
     "compute_boundary_f1",
     "compute_case_metrics",
-    "segmentation_report",
+    "value_summary",
+    "pooled_scores",
+    "per_class_means",
     "PixelAccuracyMetric",
     "MeanPixelAccuracyMetric",
     "BoundaryF1Metric",
     "HD95Metric",
     "NSDMetric",
     "left_out_cases",
+    "HD95",
+    "channel_output",
 ]
 
-SpacingLike = Union[float, Sequence[float], Sequence[Sequence[float]], np.ndarray, torch.Tensor, None]
+logger = logging.getLogger(__name__)
+
+SpacingLike = float | Sequence[float] | Sequence[Sequence[float]] | np.ndarray | torch.Tensor | None
 
 #: Metrics with one value per class (one CSV row per case and class).
 PER_CLASS_METRICS: tuple[str, ...] = (
@@ -400,26 +412,12 @@ def compute_case_metrics(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# report
+# summaries of per-case values (the reports in pipelines.reports write them)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in ``path``'s folder, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _summary(values: list[float]) -> dict[str, Any]:
+def value_summary(values: Sequence[float]) -> dict[str, Any]:
+    """``{"mean", "std", "n", "nan_count", "inf_count"}`` of ``values``: mean and population standard deviation over
+    the finite values (``None`` when there are none), ``n`` their count."""
     arr = np.asarray(values, dtype=np.float64)
     finite = arr[np.isfinite(arr)]
     return {
@@ -431,121 +429,36 @@ def _summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-def segmentation_report(
-    cases: Iterable[Mapping[str, Any]],
-    class_names: Sequence[str],
-    out_csv: str | os.PathLike,
-    out_json: str | os.PathLike,
-    *,
-    metrics: Sequence[str] = ALL_METRICS,
-    boundary_tolerance_mm: float = 2.0,
-    surface_tolerance_mm: float = 2.0,
-    empty_value: float = float("nan"),
-) -> dict[str, Any]:
-    """Score every case, write a per-case CSV and a summary JSON (both atomically), return the summary.
+def _safe(num: float, den: float) -> float | None:
+    return float(num / den) if den > 0 else None
 
-    CSV: columns ``case, class, <metrics in the order given>``. Each case has one row per class (per-class metrics
-    filled, case metrics empty) and one row whose class is ``"all"`` (case metrics filled, per-class metrics empty).
-    Undefined values are written ``nan``.
 
-    JSON: ``{"n_cases", "class_names", "metrics", "settings", "empty_policy", "summary"}`` where
-    ``summary[metric][class]`` (class ``"all"`` for case metrics) is ``{"mean", "std", "n", "nan_count",
-    "inf_count"}``: mean and population standard deviation over the finite values (``null`` when there are none),
-    ``n`` the number of finite values.
-
-    Args:
-        cases: dicts ``{"case": id, "pred": (C, *spatial), "label": (C, *spatial), "spacing": tuple (optional)}``
-            with binarised one-hot tensors; a missing spacing is read from a ``MetaTensor`` label, else 1 mm.
-        class_names: one name per channel, background first.
-        out_csv: path of the per-case CSV.
-        out_json: path of the summary JSON.
-        metrics: names from :data:`ALL_METRICS`.
-        boundary_tolerance_mm: tolerance of ``boundary_f1``.
-        surface_tolerance_mm: tolerance of ``surface_dice``.
-        empty_value: score of a class absent from both prediction and label (NaN by default).
-    """
-    metrics = tuple(metrics)
-    class_names = [str(c) for c in class_names]
-    if CASE_ROW in class_names:
-        raise ValueError(f"class name {CASE_ROW!r} is reserved for the per-case rows.")
-    per_class = [m for m in metrics if m in PER_CLASS_METRICS]
-    per_case = [m for m in metrics if m in CASE_METRICS]
-
-    rows: list[list[Any]] = []
-    collected: dict[str, dict[str, list[float]]] = {m: {} for m in metrics}
-    n_cases = 0
-    for i, item in enumerate(cases):
-        missing = [k for k in ("case", "pred", "label") if k not in item]
-        if missing:
-            raise ValueError(f"case #{i} lacks key(s) {missing}; expected 'case', 'pred', 'label' (and 'spacing').")
-        case_id = str(item["case"])
-        try:
-            values = compute_case_metrics(
-                item["pred"],
-                item["label"],
-                item.get("spacing"),
-                metrics=metrics,
-                boundary_tolerance_mm=boundary_tolerance_mm,
-                surface_tolerance_mm=surface_tolerance_mm,
-                empty_value=empty_value,
-            )
-        except ValueError as e:
-            raise ValueError(f"case {case_id!r}: {e}") from e
-        n_channels = torch.as_tensor(item["pred"]).shape[0]
-        if n_channels != len(class_names):
-            raise ValueError(
-                f"case {case_id!r} has {n_channels} channels but {len(class_names)} class names were given."
-            )
-        n_cases += 1
-        for c, name in enumerate(class_names):
-            row: list[Any] = [case_id, name]
-            for m in metrics:
-                if m in per_class:
-                    v = float(values[m][c])
-                    collected[m].setdefault(name, []).append(v)
-                    row.append(repr(v))
-                else:
-                    row.append("")
-            rows.append(row)
-        row = [case_id, CASE_ROW]
-        for m in metrics:
-            if m in per_case:
-                v = float(values[m])
-                collected[m].setdefault(CASE_ROW, []).append(v)
-                row.append(repr(v))
-            else:
-                row.append("")
-        rows.append(row)
-
-    out_csv, out_json = Path(out_csv), Path(out_json)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "class", *metrics])
-    writer.writerows(rows)
-    _atomic_write_text(out_csv, buffer.getvalue())
-
-    summary = {
-        "n_cases": n_cases,
-        "class_names": class_names,
-        "metrics": list(metrics),
-        "settings": {
-            "boundary_tolerance_mm": boundary_tolerance_mm,
-            "surface_tolerance_mm": surface_tolerance_mm,
-            "hd_percentile": 95,
-            "empty_value": None if math.isnan(empty_value) else empty_value,
-        },
-        "empty_policy": "class absent from both prediction and label -> empty_value (null = NaN, excluded from means "
-        "and counted in nan_count); hd95 is NaN when either side is empty",
-        "summary": {
-            m: {
-                name: _summary(collected[m].get(name, []))
-                for name in (class_names if m in per_class else [CASE_ROW])
-            }
-            for m in metrics
-        },
+def pooled_scores(tp: float, fp: float, tn: float, fn: float) -> dict[str, float | None]:
+    """Dice (F1), Jaccard, sensitivity, specificity, precision and accuracy from pooled pixel counts (``None`` for
+    0/0), with the counts."""
+    return {
+        "dice": _safe(2 * tp, 2 * tp + fp + fn),
+        "jaccard": _safe(tp, tp + fp + fn),
+        "sensitivity": _safe(tp, tp + fn),
+        "specificity": _safe(tn, tn + fp),
+        "precision": _safe(tp, tp + fp),
+        "accuracy": _safe(tp + tn, tp + tn + fp + fn),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
     }
-    _atomic_write_text(out_json, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return summary
+
+
+def per_class_means(details: Any) -> list[float]:
+    """The mean over cases of each class of a metric's per-case values ``(cases, classes)`` (MONAI's
+    ``engine.state.metric_details[name]``; any other shape is read as ``(cases, -1)``), cases where the class is
+    undefined (NaN: an empty ground truth under MONAI's ``ignore_empty``) left out, as MONAI's
+    ``reduction="mean_batch"`` does; NaN for a class undefined in every case."""
+    table = np.asarray(torch.as_tensor(details).detach().float().cpu().numpy(), dtype=np.float64)
+    table = table.reshape(table.shape[0], -1) if table.ndim != 2 else table
+    means = []
+    for column in table.T:
+        defined = column[np.isfinite(column)]
+        means.append(float(defined.mean()) if defined.size else float("nan"))
+    return means
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -761,3 +674,60 @@ class NSDMetric(_SpacingAware, SurfaceDiceMetric):
             self.class_thresholds = [float(t) for t in self.tolerance_mm]
         kwargs["spacing"] = self._resolve_spacing(y_pred, y, kwargs.get("spacing"))
         return super()._compute_tensor(y_pred, y, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Ignite handlers and output transforms
+
+
+class HD95(IgniteMetricHandler):
+    """95th-percentile Hausdorff distance in mm as an Ignite metric (:class:`HD95Metric`), NaN-honest: NaN, not
+    MONAI's 0.0, when no case has an HD95 (every prediction empty), and the count of cases its mean left out in
+    ``engine.state.metrics["<name>_left_out"]``, logged as a warning.
+
+    Args:
+        include_background: score channel 0 too.
+        spacing: fixed mm per voxel; ``None`` reads the label's ``MetaTensor.pixdim`` (else 1 mm).
+        output_transform: engine output -> ``(y_pred, y)``; default ``from_engine(["pred", "label"])``.
+        save_details: keep the per-case ``(N, C)`` values in ``engine.state.metric_details`` (``MetricsSaver``).
+    """
+
+    def __init__(self, include_background: bool = False, spacing: SpacingLike = None,
+                 output_transform: Callable | None = None, save_details: bool = True) -> None:
+        super().__init__(metric_fn=HD95Metric(include_background=include_background, spacing=spacing),
+                         output_transform=output_transform or from_engine(["pred", "label"]),
+                         save_details=save_details)
+
+    def completed(self, engine: Engine, name: str) -> None:
+        super().completed(engine, name)
+        buffer = self.metric_fn.get_buffer()
+        cases = int(buffer.shape[0]) if isinstance(buffer, torch.Tensor) and buffer.ndim else 0
+        left_out = left_out_cases(buffer) if cases else 0
+        engine.state.metrics[f"{name}_left_out"] = left_out
+        if left_out:
+            logger.warning("%s: %d of %d case(s) left out of the mean: HD95 is undefined (NaN) where the prediction "
+                           "or the label is empty%s", name, left_out, cases,
+                           "; no case has one, so the mean is NaN" if left_out == cases else "")
+
+
+def channel_output(index: int, pred_key: str = "pred", label_key: str = "label") -> Callable:
+    """An Ignite ``output_transform`` giving ``([pred[index:index+1], ...], [label[index:index+1], ...])``."""
+
+    def transform(output: Any) -> tuple[list, list]:
+        items = output if isinstance(output, list) else [output]
+        return ([i[pred_key][index : index + 1] for i in items], [i[label_key][index : index + 1] for i in items])
+
+    return transform
+
+
+#: names that moved to :mod:`pipelines.reports` and stay importable from here (old import paths, bundle configs)
+_MOVED_TO_REPORTS = {"segmentation_report": "pipelines.reports.segmentation"}
+
+
+def __getattr__(name: str) -> Any:
+    # a lazy re-export: pipelines.reports.segmentation imports this module, so it cannot be imported at the top
+    if name in _MOVED_TO_REPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED_TO_REPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

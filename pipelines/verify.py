@@ -11,7 +11,8 @@ ratio make it refused as a whole. A safe zip is extracted into a temporary folde
 * the metadata is valid against the schema its ``schema`` URL names, read from ``pipelines/schemas/`` (no download);
 * ``manifest.json`` (written by :func:`pipelines.export.export_bundle`): every file's SHA-256 and size, no file
   missing, none added;
-* ``network_def`` of ``inference.json``, with the weights loaded, maps a random input of the declared input shape to
+* ``network_def`` of the inference workflow (``train.json`` merged with ``inference.json``,
+  :func:`pipelines.bundle.build_network`), with the weights loaded, maps a random input of the declared input shape to
   the declared output shape (channels and spatial);
 * the TorchScript model (``models/model.ts``, or the manifest's ``models/model.pt2``) gives the same outputs as that
   eager network.
@@ -301,9 +302,12 @@ def _declared_shapes(meta: dict) -> tuple[tuple[int, ...], tuple[int, ...] | Non
 def _check_network(root: Path, meta: dict, weights: Path | None, ts_record: dict | None, problems: list[str],
                    rtol: float, atol: float) -> None:
     import torch
-    from monai.bundle import ConfigParser
 
-    rel = "configs/inference.json"
+    from pipelines.bundle import build_network, defining_config, workflow_configs
+    from pipelines.io.weights import load_weights
+
+    files = workflow_configs(root, "inference")  # check_folder has made sure that inference.json is there
+    rel = os.path.relpath(defining_config(files, "network_def") or files[-1], root)
     try:
         in_shape, out_shape = _declared_shapes(meta)
     except (KeyError, TypeError, ValueError, StopIteration) as e:
@@ -311,25 +315,16 @@ def _check_network(root: Path, meta: dict, weights: Path | None, ts_record: dict
         return
     with _bundle_imports(root):
         try:
-            parser = ConfigParser()
-            parser.read_config(str(root / rel))
-            parser["bundle_root"] = str(root)
-            net = parser.get_parsed_content("network_def")
+            net = build_network(root, "inference", relative_to=root)
         except Exception as e:  # noqa: BLE001 - any config or import error is a problem of the bundle
-            problems.append(f"{rel}: network_def cannot be built: {_first_line(e)}")
-            return
-        if not isinstance(net, torch.nn.Module):
-            problems.append(f"{rel}: network_def builds a {type(net).__name__}, not a torch.nn.Module")
+            problems.append(str(e) if isinstance(e, ValueError) else f"{rel}: network_def cannot be built: "
+                            f"{_first_line(e)}")
             return
         if weights is not None and weights.is_file():
             try:
-                state = torch.load(weights, map_location="cpu", weights_only=True)
-                if isinstance(state, dict) and isinstance(state.get("model"), dict):
-                    state = state["model"]
-                net.load_state_dict(state)
-            except Exception as e:  # noqa: BLE001
-                problems.append(f"{weights.relative_to(root).as_posix()}: does not load into network_def: "
-                                f"{_first_line(e)}")
+                load_weights(net, weights, name=weights.relative_to(root).as_posix())
+            except (FileNotFoundError, ValueError) as e:
+                problems.append(str(e))
                 weights = None
         net = net.eval()
         generator = torch.Generator().manual_seed(0)
@@ -490,7 +485,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-total-mb", type=float, default=MAX_TOTAL_BYTES / 2**20,
                         help="refuse a zip larger than this in all, uncompressed (default %(default).0f)")
     parser.add_argument("--no-network", action="store_true",
-                        help="do not build or run network_def (it runs the bundle's code); every static check still runs")
+                        help="do not build or run network_def (it runs the bundle's code); "
+                             "every static check still runs")
     parser.add_argument("--allow-code", action="store_true",
                         help="list configs that run code outside MONAI/PyTorch/NumPy/networks/pipelines, but exit 0")
     parser.add_argument("--sha256", metavar="HEX", help="the zip's expected SHA-256 (the exported <zip>.sha256)")

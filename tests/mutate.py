@@ -44,9 +44,9 @@ HEMF_TESTS = ("tests/networks/test_hemf_blocks.py", "tests/networks/test_frozen_
               "tests/networks/test_hemf.py")
 UNET_TESTS = ("tests/networks/test_unet_family_blocks.py", "tests/networks/test_frozen_outputs.py",
               "tests/networks/test_unet_family.py")
-LOSS_TESTS = ("tests/test_losses.py", "tests/test_losses_values.py")
+LOSS_TESTS = ("tests/pipelines/test_losses.py", "tests/pipelines/test_losses_values.py")
 GAN_TESTS = LOSS_TESTS + ("tests/pipelines/test_gan_engine.py", "tests/pipelines/test_gan_engine_values.py")
-METRIC_TESTS = ("tests/test_metrics.py", "tests/pipelines/test_classification_report.py")
+METRIC_TESTS = ("tests/pipelines/test_metrics.py", "tests/pipelines/test_classification_report.py")
 PRESET_TESTS = (
     "tests/pipelines/test_presets_values.py",
     "tests/pipelines/test_train_transforms_alignment.py",

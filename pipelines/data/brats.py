@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.data.preflight import geometry, grid_differences
 from pipelines.data.splits import split_by_hash
-from pipelines.io import read_image_information
+from pipelines.io.checks import read_image_information
+from pipelines.io.formats import NIFTI_SUFFIXES
+from pipelines.io.geometry import geometry, grid_differences
 
 __all__ = [
     "BraTSConvention",
@@ -64,7 +65,6 @@ __all__ = [
 CHANNELS: tuple[str, ...] = ("T1c", "T1", "T2", "FLAIR")
 #: network output channels (overlapping regions), in order
 REGIONS: tuple[str, ...] = ("TC", "WT", "ET")
-_SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ CONVENTIONS: dict[str, BraTSConvention] = {
 
 
 def _find_file(folder: Path, name_without_suffix: str) -> Path | None:
-    for suffix in _SUFFIXES:
+    for suffix in NIFTI_SUFFIXES:
         path = folder / f"{name_without_suffix}{suffix}"
         if path.is_file():
             return path

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "SPLITS",
     "class_counts",
     "class_weights",
@@ -36,7 +35,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLITS = ("training", "validation", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def verify_image(path: str | os.PathLike) -> None:
@@ -118,7 +116,8 @@ def stratified_split(
         order = rng.permutation(len(members))
         members = [members[i] for i in order]
         n_train, n_val, n_test = _split_sizes(len(members), fractions)
-        parts = {"validation": members[:n_val], "test": members[n_val:n_val + n_test], "training": members[n_val + n_test:]}
+        parts = {"validation": members[:n_val], "test": members[n_val:n_val + n_test],
+                 "training": members[n_val + n_test:]}
         for split, fraction in zip(SPLITS, fractions):
             splits[split].extend(parts[split])
             if fraction > 0 and not parts[split]:

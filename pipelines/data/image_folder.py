@@ -29,14 +29,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.data.classification import (
-    IMAGE_EXTENSIONS,
-    SPLITS,
-    class_counts,
-    relative,
-    stratified_split,
-    verify_image,
-)
+from pipelines.data.classification import SPLITS, class_counts, relative, stratified_split, verify_image
+from pipelines.io.formats import IMAGE_2D_SUFFIXES, is_2d_image
 
 __all__ = ["find_class_folders", "list_images", "image_folder_datalist", "image_list"]
 
@@ -51,7 +45,7 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> list[Pa
     pattern = "**/*" if recursive else "*"
     return sorted(
         p for p in folder.glob(pattern)
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.is_file() and is_2d_image(p)
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
@@ -125,6 +119,6 @@ def image_list(folder: str | os.PathLike) -> list[dict]:
         return [{"image": str(folder.resolve()), "id": folder.name}]
     files = list_images(folder)
     if not files:
-        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_2D_SUFFIXES)}) found")
     return [{"image": str(p.resolve()), "id": relative(p, folder)} for p in files]
 

@@ -26,10 +26,10 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.data.splits import split_by_hash
+from pipelines.io.formats import PHOTO_SUFFIXES, is_photo
 
-__all__ = ["IMAGE_SUFFIXES", "input_dir", "mask_dir", "mask_name", "image_size", "isic_seg_datalist", "isic_images"]
+__all__ = ["input_dir", "mask_dir", "mask_name", "image_size", "isic_seg_datalist", "isic_images"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = "_segmentation.png"
 
 
@@ -60,7 +60,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_photo(p)
                   and not p.name.startswith(".") and not p.name.endswith(MASK_SUFFIX))
 
 
@@ -118,12 +118,12 @@ def isic_images(root: str | os.PathLike) -> list[dict]:
     if not root.exists():
         raise ValueError(f"{root}: no such file or folder")
     if root.is_file():
-        if root.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"{root}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
+        if not is_photo(root):
+            raise ValueError(f"{root}: not an image file (expected one of {', '.join(PHOTO_SUFFIXES)})")
         files = [root]
     else:
         inputs = sorted(p for p in root.glob("ISIC2018_Task1-2_*_Input") if p.is_dir())
         files = [p for folder in inputs for p in _images_in(folder)] if inputs else _images_in(root)
     if not files:
-        raise ValueError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"{root}: no images found (looked for {', '.join(PHOTO_SUFFIXES)})")
     return [{"image": str(p), "name": p.stem, "source": str(p)} for p in files]

@@ -36,6 +36,7 @@ import os
 from pathlib import Path
 
 from pipelines.data.classification import SPLITS, class_counts, stratified_split, verify_image
+from pipelines.io.formats import is_photo
 from pipelines.io.tables import read_table
 
 __all__ = [
@@ -134,7 +135,7 @@ def isic2018_datalist(
         raise ValueError(f"{root}: no {INPUT_DIR}/ folder (expected the ISIC 2018 Task 3 layout)")
     csv_path = root / GROUND_TRUTH_DIR / GROUND_TRUTH_CSV
     rows = read_isic_ground_truth(csv_path)
-    on_disk = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+    on_disk = {p.stem: p for p in image_dir.iterdir() if is_photo(p)}
     items = []
     for image, label, line in rows:
         path = on_disk.get(image)
@@ -151,5 +152,6 @@ def isic2018_datalist(
         logger.info("ISIC 2018: %d image(s) in %s are not in the ground-truth CSV and are skipped", unlisted, image_dir)
     splits = stratified_split(items, ISIC_CLASSES, fractions=fractions, seed=seed, strict=strict)
     logger.info("ISIC 2018: %s", ", ".join(
-        f"{s} {len(splits[s])} ({dict(zip(ISIC_CLASSES, class_counts(splits[s], len(ISIC_CLASSES))))})" for s in SPLITS))
+        f"{s} {len(splits[s])} ({dict(zip(ISIC_CLASSES, class_counts(splits[s], len(ISIC_CLASSES))))})"
+        for s in SPLITS))
     return {"classes": list(ISIC_CLASSES), **splits}

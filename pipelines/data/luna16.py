@@ -15,9 +15,9 @@ Policy for what a real download looks like:
 
 - ``annotations.csv`` rows whose ``seriesuid`` has no scan on disk are **skipped and logged** (a single summary line):
   most users download a few subsets, while the CSV lists the nodules of all 888 scans.
-- A missing ``annotations.csv``, a missing column, an unparsable row, a non-positive diameter, a MetaImage whose data file
-  is missing or truncated, a seriesuid present in two subsets, or a nodule whose **centre lies outside its scan** is an
-  **error** (``ValueError`` naming the file and the row): each means the masks would be silently wrong.
+- A missing ``annotations.csv``, a missing column, an unparsable row, a non-positive diameter, a MetaImage whose data
+  file is missing or truncated, a seriesuid present in two subsets, or a nodule whose **centre lies outside its scan**
+  is an **error** (``ValueError`` naming the file and the row): each means the masks would be silently wrong.
 - A nodule whose centre is inside the scan but whose sphere crosses the border is clipped to the scan.
 - Scans without annotations get an empty nodule mask (negatives for training).
 
@@ -39,7 +39,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipelines.data.splits import split_by_hash
-from pipelines.io import atomic_path, read_image_information, write_json_atomic
+from pipelines.io.atomic import atomic_path, write_json_atomic
+from pipelines.io.checks import read_image_information
+from pipelines.io.geometry import geometry, index_to_world, voxel_to_world, world_to_index
 from pipelines.io.tables import read_table
 
 __all__ = [
@@ -112,15 +114,6 @@ def read_annotations(path: str | os.PathLike) -> dict[str, list[Nodule]]:
     return nodules
 
 
-def _geometry(info) -> dict:
-    return {
-        "size": list(info.GetSize()),
-        "spacing": list(info.GetSpacing()),
-        "origin": list(info.GetOrigin()),
-        "direction": list(info.GetDirection()),
-    }
-
-
 def nodule_mask(geometry: dict, nodules: list[Nodule], *, source: str = "") -> np.ndarray:
     """Rasterise ``nodules`` as spheres on the grid ``geometry`` (size, spacing, origin, direction as SimpleITK gives).
 
@@ -129,14 +122,11 @@ def nodule_mask(geometry: dict, nodules: list[Nodule], *, source: str = "") -> n
     outside the image (``source`` names the scan in the message).
     """
     size = np.asarray(geometry["size"], dtype=int)
-    spacing = np.asarray(geometry["spacing"], dtype=np.float64)
-    origin = np.asarray(geometry["origin"], dtype=np.float64)
-    direction = np.asarray(geometry["direction"], dtype=np.float64).reshape(3, 3)
-    to_world = direction @ np.diag(spacing)  # world = origin + to_world @ index
-    to_index = np.linalg.inv(to_world)
+    affine = voxel_to_world(geometry["spacing"], geometry["origin"], geometry["direction"])
+    to_index = np.linalg.inv(affine[:3, :3])
     mask = np.zeros(size[::-1], dtype=np.uint8)
     for nodule in nodules:
-        center_index = to_index @ (np.asarray(nodule.center) - origin)
+        center_index = world_to_index(affine, nodule.center)
         if np.any(center_index < -0.5) or np.any(center_index > size - 0.5):
             raise ValueError(
                 f"{source}: nodule on line {nodule.row} of annotations.csv at world {nodule.center} mm lies outside "
@@ -150,9 +140,8 @@ def nodule_mask(geometry: dict, nodules: list[Nodule], *, source: str = "") -> n
         if np.any(hi <= lo):
             continue
         grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")  # x, y, z
-        index = np.stack([g.ravel() for g in grids])
-        world = origin[:, None] + to_world @ index
-        inside = (np.sum((world - np.asarray(nodule.center)[:, None]) ** 2, axis=0) <= radius**2).reshape(grids[0].shape)
+        world = index_to_world(affine, np.stack([g.ravel() for g in grids], axis=1))  # (voxels, 3)
+        inside = (np.sum((world - np.asarray(nodule.center)) ** 2, axis=1) <= radius**2).reshape(grids[0].shape)
         region = mask[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
         region |= inside.transpose(2, 1, 0).astype(np.uint8)
     return mask
@@ -161,19 +150,19 @@ def nodule_mask(geometry: dict, nodules: list[Nodule], *, source: str = "") -> n
 def write_nodule_mask(scan: Path, nodules: list[Nodule], out: Path) -> Path:
     """Write the nodule mask of ``scan`` to ``out`` (``.mha``) on the scan's grid, unless an identical one exists."""
     info = read_image_information(scan)
-    geometry = _geometry(info)
+    grid = {k: np.asarray(v).tolist() for k, v in geometry(info).items()}  # JSON-able, for the stamp's key
     if info.GetDimension() != 3:
         raise ValueError(f"{scan}: expected a 3D scan, got {info.GetDimension()} dimensions")
     key = hashlib.sha256(
-        json.dumps({"geometry": geometry, "nodules": [asdict(n) | {"row": 0} for n in nodules]}).encode()
+        json.dumps({"geometry": grid, "nodules": [asdict(n) | {"row": 0} for n in nodules]}).encode()
     ).hexdigest()
     stamp = out.with_suffix(".json")
     if out.exists() and stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return out
-    mask = sitk.GetImageFromArray(nodule_mask(geometry, nodules, source=str(scan)))
-    mask.SetSpacing(geometry["spacing"])
-    mask.SetOrigin(geometry["origin"])
-    mask.SetDirection(geometry["direction"])
+    mask = sitk.GetImageFromArray(nodule_mask(grid, nodules, source=str(scan)))
+    mask.SetSpacing(grid["spacing"])
+    mask.SetOrigin(grid["origin"])
+    mask.SetDirection(grid["direction"])
     with atomic_path(out) as tmp:
         sitk.WriteImage(mask, str(tmp), True)
     write_json_atomic(stamp, {"key": key, "scan": str(scan), "nodules": len(nodules)})

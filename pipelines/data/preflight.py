@@ -34,8 +34,10 @@ Cost: header reads are milliseconds per file. The finite check reads floating-po
 int16, ISIC images are 8-bit: nothing is read); the label check reads label maps, which are small. Both can be
 turned off (``check_finite=False``, ``label_values=None``) for a data set known to be good.
 
-:func:`ensure_writable` checks at start that the output folders can be written, rather than failing at the end of
-the first epoch when the first checkpoint is saved.
+:func:`~pipelines.io.checks.ensure_writable` (re-exported here, where the bundle configs name it) checks at start that
+the output folders can be written, rather than failing at the end of the first epoch when the first checkpoint is
+saved. Reading, header checks and grid comparisons are :mod:`pipelines.io`'s; this module only applies them to a
+datalist.
 """
 
 from __future__ import annotations
@@ -47,56 +49,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
-from pipelines.io import ensure_writable, nifti_size_problem, read_image_information, write_text_atomic
-from pipelines.io.readers import read_voxels
+from pipelines.distributed import is_main_process
+from pipelines.io.atomic import write_text_atomic
+from pipelines.io.checks import ensure_writable, read_image_information
+from pipelines.io.geometry import geometry, grid_differences
+from pipelines.io.readers import count_nonfinite, is_floating, read_voxels
 
 __all__ = [
     "POLICIES",
     "SKIPPED_FILE",
     "check_datalist",
     "preflight_datalist",
-    "grid_differences",
-    "geometry",
     "ensure_writable",
-    "nifti_size_problem",
-    "read_voxels",
 ]
 
 logger = logging.getLogger(__name__)
 
 POLICIES = ("fail", "skip")
 SKIPPED_FILE = "skipped_inputs.txt"
-
-_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
-
-
-def geometry(info: Any) -> dict:
-    """Size, spacing, origin and direction from a ``sitk.ImageFileReader`` (header loaded) or a ``sitk.Image``."""
-    return {
-        "size": tuple(info.GetSize()),
-        "spacing": np.asarray(info.GetSpacing()),
-        "origin": np.asarray(info.GetOrigin()),
-        "direction": np.asarray(info.GetDirection()),
-    }
-
-
-def grid_differences(reference: dict, other: dict, *, atol_mm: float = 1e-3, atol_dir: float = 1e-4) -> list[str]:
-    """How grid ``other`` differs from ``reference`` (both from :func:`geometry`); empty when they are the same."""
-    if len(other["size"]) != len(reference["size"]):
-        return [f"{len(other['size'])}D != {len(reference['size'])}D"]
-    problems = []
-    if other["size"] != reference["size"]:
-        problems.append(f"size {list(other['size'])} != {list(reference['size'])}")
-    if not np.allclose(other["spacing"], reference["spacing"], atol=atol_mm):
-        problems.append(f"spacing {other['spacing'].round(4).tolist()} != {reference['spacing'].round(4).tolist()}")
-    if not np.allclose(other["origin"], reference["origin"], atol=atol_mm):
-        problems.append(f"origin {other['origin'].round(3).tolist()} != {reference['origin'].round(3).tolist()}")
-    if not np.allclose(other["direction"], reference["direction"], atol=atol_dir):
-        problems.append("direction differs")
-    return problems
-
 
 def _per_key(value: Any, key: str) -> Any:
     return value.get(key) if isinstance(value, Mapping) else value
@@ -170,7 +141,8 @@ def _inspect(
                 elif reference is None:
                     reference = (path, grid)
                 is_label = key == label_key
-                needs_array = (check_finite and info.GetPixelID() in _FLOAT_TYPES) or (is_label and label_values)
+                floating = is_floating(info)
+                needs_array = (check_finite and floating) or (is_label and label_values)
                 if not needs_array:
                     continue
                 try:
@@ -178,8 +150,8 @@ def _inspect(
                 except (RuntimeError, OSError, EOFError, ValueError) as e:
                     found.append(f"{path}: cannot read the voxels ({str(e).strip().splitlines()[-1]})")
                     continue
-                if check_finite and info.GetPixelID() in _FLOAT_TYPES and not np.isfinite(array).all():
-                    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+                nan, inf = count_nonfinite(array) if check_finite and floating else (0, 0)
+                if nan or inf:
                     found.append(f"{path}: {nan} NaN and {inf} Inf value(s)")
                     continue
                 if is_label and label_values:
@@ -202,14 +174,8 @@ def _skip_message(problems: Sequence[str]) -> None:
         logger.warning("preflight: skipped: %s", line)
 
 
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def _write_skipped(output_dir: str | os.PathLike | None, problems: Sequence[str]) -> None:
-    if output_dir is not None and _is_main_process():
+    if output_dir is not None and is_main_process():
         write_text_atomic(Path(output_dir) / SKIPPED_FILE, "".join(f"{line}\n" for line in problems))
 
 

@@ -28,11 +28,11 @@ from pipelines.data.classification import relative
 from pipelines.data.image_folder import list_images
 from pipelines.data.luna16 import find_scans
 from pipelines.data.splits import split_by_hash
+from pipelines.io.formats import PHOTO_SUFFIXES, is_photo
 
-__all__ = ["SR_IMAGE_EXTENSIONS", "is_mask_file", "list_sr_images", "image_folder_sr_datalist", "sr_images",
+__all__ = ["is_mask_file", "list_sr_images", "image_folder_sr_datalist", "sr_images",
            "ct_sr_datalist"]
 
-SR_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _MASK = re.compile(r"_(mask|seg|segmentation)(_\d+)?$", re.IGNORECASE)
 
 
@@ -49,9 +49,9 @@ def list_sr_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: image folder not found")
-    files = [p for p in list_images(folder) if p.suffix.lower() in SR_IMAGE_EXTENSIONS and not is_mask_file(p)]
+    files = [p for p in list_images(folder) if is_photo(p) and not is_mask_file(p)]
     if not files:
-        raise ValueError(f"{folder}: no PNG/JPEG images found at any depth ({', '.join(SR_IMAGE_EXTENSIONS)}; "
+        raise ValueError(f"{folder}: no PNG/JPEG images found at any depth ({', '.join(PHOTO_SUFFIXES)}; "
                          "*_mask.png files are skipped)")
     return files
 
@@ -76,8 +76,8 @@ def sr_images(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
     if path.is_file():
-        if path.suffix.lower() not in SR_IMAGE_EXTENSIONS:
-            raise ValueError(f"{path}: not a PNG/JPEG image (expected one of {', '.join(SR_IMAGE_EXTENSIONS)})")
+        if not is_photo(path):
+            raise ValueError(f"{path}: not a PNG/JPEG image (expected one of {', '.join(PHOTO_SUFFIXES)})")
         files = [path]
     else:
         files = list_sr_images(path)

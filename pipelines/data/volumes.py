@@ -16,45 +16,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["VOLUME_SUFFIXES", "is_volume_file", "is_dicom_folder", "dicom_items", "list_volumes", "volume_name"]
+from pipelines.io.formats import VOLUME_SUFFIXES, is_dicom_file, is_volume_name, strip_suffix
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
+__all__ = ["is_volume_file", "is_dicom_folder", "dicom_items", "list_volumes", "volume_name"]
+
 _SKIP_DIRS = {"seg-lungs-LUNA16"}
 
 
 def is_volume_file(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and name.endswith(VOLUME_SUFFIXES) and "_seg." not in name
+    """A NIfTI, MetaImage or NRRD file that is not a segmentation (``*_seg.*``)."""
+    return path.is_file() and is_volume_name(path) and "_seg." not in path.name.lower()
 
 
 def is_dicom_folder(path: Path) -> bool:
-    """A folder holding DICOM files (``*.dcm``, or extension-less files with the ``DICM`` marker at byte 128)."""
-    if not path.is_dir():
-        return False
-    for child in path.iterdir():
-        if child.is_file():
-            if child.suffix.lower() == ".dcm":
-                return True
-            if child.suffix == "":
-                with child.open("rb") as f:
-                    f.seek(128)
-                    if f.read(4) == b"DICM":
-                        return True
-    return False
+    """A folder holding a DICOM file (:func:`pipelines.io.formats.is_dicom_file`)."""
+    return path.is_dir() and any(child.is_file() and is_dicom_file(child) for child in path.iterdir())
 
 
 def volume_name(path: str | os.PathLike) -> str:
-    """The name of a volume without its image extension: ``a/b.nii.gz`` -> ``b``, ``a/dicom_folder`` -> ``dicom_folder``."""
-    path = Path(path)
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    """The name of a volume without its image extension: ``a/b.nii.gz`` -> ``b``, ``a/dicom_folder`` ->
+    ``dicom_folder``."""
+    return strip_suffix(path, VOLUME_SUFFIXES)
 
 
 def dicom_items(folder: Path) -> list[dict]:
-    """One item per DICOM series of ``folder``: ``{"image": folder}`` for one series, with ``series_uid`` for several."""
+    """One item per DICOM series of ``folder``: ``{"image": folder}`` for one series, with ``series_uid`` for
+    several."""
     import SimpleITK as sitk
 
     uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
@@ -69,7 +56,7 @@ def list_volumes(root: str | os.PathLike) -> list[dict]:
     if not root.exists():
         raise ValueError(f"{root}: no such file or folder")
     if root.is_file():
-        if not root.name.lower().endswith(VOLUME_SUFFIXES):
+        if not is_volume_name(root):
             raise ValueError(f"{root}: not a volume file (expected one of {', '.join(VOLUME_SUFFIXES)})")
         return [{"image": str(root)}]
     if is_dicom_folder(root):

@@ -6,7 +6,6 @@ from .gan import (
     SuperResolutionEvaluator,
     SuperResolutionPrepareBatch,
     SuperResolutionTrainer,
-    load_generator_weights,
     super_resolution_metrics,
 )
 from .handlers import LearningRateLogger, TensorBoardSlices, TensorBoardTriplets, TrainingSummary
@@ -21,6 +20,5 @@ __all__ = [
     "TensorBoardSlices",
     "TensorBoardTriplets",
     "TrainingSummary",
-    "load_generator_weights",
     "super_resolution_metrics",
 ]

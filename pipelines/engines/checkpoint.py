@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from pipelines.distributed import is_main_process
 from pipelines.engines.run_state import FolderLock, capture_random_state, restore_random_state
 from pipelines.io import atomic_path
 
@@ -88,9 +87,10 @@ class ResumableCheckpoint:
         self.interval = interval
         self.enabled = enabled
         self.lock = FolderLock(lock_dir or self.path.parent)
-        # taken before anything else of the run touches the folder, by the saving rank only (RANK is set by torchrun
-        # before the process group exists, so a rank > 0 does not try the lock even if it builds this early)
-        if self._saves() and os.environ.get("RANK", "0") == "0":
+        # taken before anything else of the run touches the folder, by the saving rank only (is_main_process reads
+        # torchrun's RANK before the process group exists, so a rank > 0 does not try the lock even if it builds this
+        # early)
+        if self._saves():
             self.lock.acquire()
 
     def attach(self, engine: Engine) -> None:
@@ -102,7 +102,7 @@ class ResumableCheckpoint:
         engine.add_event_handler(Events.COMPLETED, lambda _: self.lock.release())
 
     def _saves(self) -> bool:
-        return self.enabled and idist.get_rank() == 0
+        return self.enabled and is_main_process()
 
     @staticmethod
     def _dataset(engine: Engine) -> Any:

@@ -9,7 +9,8 @@
   also computes the bicubic (2D) or trilinear (3D) interpolation of the LR input, so the network and the
   interpolation baseline are measured by the same metrics in the same run (:func:`super_resolution_metrics`:
   PSNR, SSIM, MSE, each also as ``*_interp``).
-- :class:`SuperResolutionPrepareBatch` and :func:`load_generator_weights` (local files only, never downloads).
+- :class:`SuperResolutionPrepareBatch`; ``pretrained_generator`` weights are read by
+  :func:`pipelines.io.weights.load_weights` (local files only, never downloads).
 
 MONAI lacks a supervised (paired, conditional) GAN trainer with a pre-training phase: ``GanTrainer`` draws random
 latent codes, and ``AdversarialTrainer`` has a single ``g_loss_function(fake_logits)`` (no real logits, so no
@@ -37,6 +38,7 @@ from monai.inferers import Inferer
 from monai.metrics import SSIMMetric
 from monai.utils import CommonKeys as Keys
 
+from pipelines.io.weights import load_weights
 from pipelines.losses import GeneratorLoss, l1_pixel_loss, ragan_discriminator_loss
 
 __all__ = [
@@ -46,7 +48,6 @@ __all__ = [
     "SuperResolutionTrainer",
     "SuperResolutionEvaluator",
     "interpolate_to",
-    "load_generator_weights",
     "loss_output_transform",
     "resolve_amp_dtype",
     "super_resolution_metrics",
@@ -75,36 +76,6 @@ def resolve_amp_dtype(amp_dtype: torch.dtype | str | None, device: torch.device 
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16
-
-
-def load_generator_weights(generator: torch.nn.Module, path: str | Path, strict: bool = True) -> torch.nn.Module:
-    """Load generator weights from a **local** file into ``generator`` (in place) and return it.
-
-    Accepted layouts: a plain state dict (``CheckpointSaver``'s ``model.pt`` of one network), a dict holding it under
-    ``"generator"`` (a :class:`~pipelines.engines.ResumableCheckpoint` file of this trainer), ``"network"``,
-    ``"model"`` or ``"state_dict"``. A ``module.`` prefix (DDP) is removed. Nothing is ever downloaded.
-
-    Raises:
-        FileNotFoundError: if ``path`` is not an existing local file (URLs are refused).
-    """
-    text = str(path)
-    if "://" in text:
-        raise FileNotFoundError(f"pretrained_generator must be a local file, not a URL: {text}; nothing is downloaded.")
-    file = Path(text).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"pretrained generator file not found: {file}.")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict):
-        for key in ("generator", "network", "model", "state_dict"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise ValueError(f"{file} does not hold a state dict.")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    generator.load_state_dict(state, strict=strict)
-    logger.info("loaded pretrained generator weights from %s", file)
-    return generator
 
 
 def interpolate_to(x: torch.Tensor, size: Sequence[int], mode: str | None = None) -> torch.Tensor:
@@ -234,7 +205,7 @@ class SuperResolutionTrainer(Trainer):
         pretrain_loss: PSNR-phase objective ``(sr, hr) -> loss``; default L1.
         pretrain_epochs: number of PSNR-oriented epochs before the GAN phase (0: GAN from the first epoch).
         pretrained_generator: local file of generator weights loaded at construction (see
-            :func:`load_generator_weights`), typically the ``model.pt`` of a PSNR-oriented run with
+            :func:`pipelines.io.weights.load_weights`), typically the ``model.pt`` of a PSNR-oriented run with
             ``pretrain_epochs=0``. A resumed checkpoint overrides it. Never downloads.
         lr_key: key of the low-resolution input in the batch dict.
         hr_key: key of the high-resolution target in the batch dict.
@@ -313,7 +284,8 @@ class SuperResolutionTrainer(Trainer):
             amp_kwargs={"dtype": self.amp_dtype},
         )
         if pretrained_generator:
-            load_generator_weights(generator, pretrained_generator)
+            load_weights(generator, pretrained_generator)
+            logger.info("loaded pretrained generator weights from %s", pretrained_generator)
         if g_loss is None:
             g_loss = GeneratorLoss(spatial_dims=spatial_dims or getattr(generator, "spatial_dims", 2)).to(device)
         self.generator = generator

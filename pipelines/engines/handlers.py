@@ -1,4 +1,7 @@
-"""Handlers that MONAI lacks: image panels and per-class metrics in TensorBoard, the learning rate, a JSON summary.
+"""Handlers that MONAI lacks: image panels and per-class metrics in TensorBoard, the learning rate.
+
+The training summary (``TrainingSummary``, with its learning curve) moved to :mod:`pipelines.reports.training`, with
+every other report writer; it stays importable from here and from :mod:`pipelines.engines`.
 
 MONAI's ``TensorBoardImageHandler`` writes a 3D volume as an animated GIF of its last axis and cannot put the CT,
 the label and the prediction side by side (nor LR | SR | HR for super-resolution, where the images differ in size);
@@ -26,17 +29,16 @@ The image panels (:class:`TensorBoardSlices`, :class:`TensorBoardTriplets`) are 
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from pipelines.io import write_json_atomic
+from pipelines.metrics import per_class_means
+from pipelines.reports.training import TrainingSummary  # noqa: F401 - moved to pipelines.reports; old import path
 
 __all__ = ["TensorBoardSlices", "TensorBoardTriplets", "TensorBoardClassMetrics", "LearningRateLogger",
            "TrainingSummary", "overlay_panels", "triplet_panel", "segmentation_planes", "radiological", "to_ras",
@@ -443,17 +445,11 @@ class TensorBoardClassMetrics:
             warnings.warn(f"TensorBoardClassMetrics: the engine has no per-case values of {self.metric_name!r} "
                           "(is it one of its metrics, with save_details=True?)", stacklevel=2)
             return {}
-        table = np.asarray(torch.as_tensor(details).detach().float().cpu().numpy(), dtype=np.float64)
-        table = table.reshape(table.shape[0], -1) if table.ndim != 2 else table
-        if table.shape[1] != len(self.class_names):
-            raise ValueError(f"TensorBoardClassMetrics: {self.metric_name} has {table.shape[1]} channel(s), "
+        means = per_class_means(details)
+        if len(means) != len(self.class_names):
+            raise ValueError(f"TensorBoardClassMetrics: {self.metric_name} has {len(means)} channel(s), "
                              f"class_names names {len(self.class_names)} ({', '.join(self.class_names)})")
-        out = {}
-        for name, column in zip(self.class_names, table.T):
-            defined = column[np.isfinite(column)]
-            if defined.size:
-                out[name] = float(defined.mean())
-        return out
+        return {name: value for name, value in zip(self.class_names, means) if math.isfinite(value)}
 
     def __call__(self, engine: Engine) -> None:
         for name, value in self.values(engine).items():
@@ -489,35 +485,3 @@ class LearningRateLogger:
         for i, group in enumerate(self.optimizer.param_groups):
             tag = self.tag if i == 0 else f"{self.tag}_{i}"
             self.writer.add_scalar(tag, group["lr"], step)
-
-
-class TrainingSummary:
-    """At the end of training, write the evaluator's best metric and its epoch (and timing) to a JSON file.
-
-    Attach to the trainer. ``path`` is written atomically; ``extra`` adds fixed fields (the bundle name, say).
-    """
-
-    def __init__(self, evaluator: Engine, path: str, extra: dict | None = None) -> None:
-        self.evaluator = evaluator
-        self.path = Path(path)
-        self.extra = dict(extra or {})
-        self._start = time.time()
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: setattr(self, "_start", time.time()))
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        state = self.evaluator.state
-        metrics = {k: float(v) for k, v in (getattr(state, "metrics", None) or {}).items()
-                   if isinstance(v, (int, float, np.floating))}
-        write_json_atomic(self.path, {
-            **self.extra,
-            "key_metric_name": getattr(state, "key_metric_name", None),
-            "best_metric": float(getattr(state, "best_metric", float("nan"))),
-            "best_metric_epoch": int(getattr(state, "best_metric_epoch", -1)),
-            "last_metrics": metrics,
-            "epochs": int(engine.state.epoch),
-            "iterations": int(engine.state.iteration),
-            "seconds": round(time.time() - self._start, 1),
-        })

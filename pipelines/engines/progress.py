@@ -34,6 +34,8 @@ from typing import IO, Any
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
+from pipelines.distributed import is_main_process
+
 __all__ = ["QUIET_ENV", "BAR_FORMAT", "ProgressBars", "quiet_requested", "show_progress"]
 
 #: environment variable that silences every progress bar (``1``, ``true``, ``yes``, ``on``)
@@ -50,17 +52,6 @@ def quiet_requested(environ: Mapping[str, str] | None = None) -> bool:
     return value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _rank(environ: Mapping[str, str]) -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    try:  # torchrun sets RANK before the process group exists (configs are parsed first)
-        return int(environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
 def show_progress(stream: IO | None = None, quiet: bool | None = None,
                   environ: Mapping[str, str] | None = None) -> bool:
     """Whether to draw progress bars: ``stream`` (default ``sys.stderr``) is a terminal, this is rank 0, and quiet is
@@ -68,7 +59,7 @@ def show_progress(stream: IO | None = None, quiet: bool | None = None,
     environ = os.environ if environ is None else environ
     if quiet if quiet is not None else quiet_requested(environ):
         return False
-    if _rank(environ) != 0:
+    if not is_main_process(environ):  # torchrun's RANK before the process group exists
         return False
     stream = sys.stderr if stream is None else stream
     try:

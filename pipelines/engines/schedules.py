@@ -2,7 +2,8 @@
 
 HEMF's recipe (and most vision-transformer recipes): AdamW without weight decay on biases and 1-D parameters (norm
 scales and shifts, retention decay constants), and a per-iteration schedule of a linear warm-up followed by a cosine
-decay. MONAI and Ignite have neither as a one-line object for a config, hence these two functions.
+decay. The super-resolution bundles' generator: one learning rate for the PSNR phase, another for the GAN phase
+(:func:`two_phase`). MONAI and Ignite have none of these as a one-line object for a config, hence these functions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 
 import torch
 
-__all__ = ["param_groups", "warmup_cosine"]
+__all__ = ["param_groups", "warmup_cosine", "two_phase"]
 
 
 def param_groups(network: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -51,5 +52,23 @@ def warmup_cosine(
             return warmup_start_factor + (1.0 - warmup_start_factor) * step / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return end_factor + (1.0 - end_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def two_phase(
+    optimizer: torch.optim.Optimizer, *, switch_epoch: int, learning_rate: float, second_learning_rate: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``learning_rate`` (the optimiser's own) for the epochs before ``switch_epoch``, ``second_learning_rate`` from
+    it on; step it once per epoch. The SR bundles: ``switch_epoch`` is ``pretrain_epochs``, the end of the PSNR phase.
+
+    As in :func:`warmup_cosine` the factor is a closure, so ``LambdaLR.state_dict()`` keeps only the epoch count and
+    a resumed run follows the phases of its own config.
+    """
+    switch = int(switch_epoch)
+    second = float(second_learning_rate) / float(learning_rate)
+
+    def factor(epoch: int) -> float:
+        return 1.0 if epoch < switch else second
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

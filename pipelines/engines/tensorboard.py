@@ -7,8 +7,9 @@ factory's result instead keeps the other ranks silent.
 
 from __future__ import annotations
 
-import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
+
+from pipelines.distributed import is_main_process
 
 __all__ = ["NullSummaryWriter", "rank_zero_summary_writer"]
 
@@ -21,7 +22,8 @@ class NullSummaryWriter:
 
 
 def rank_zero_summary_writer(log_dir: str, **kwargs) -> SummaryWriter | NullSummaryWriter:
-    """``SummaryWriter(log_dir)`` on rank 0 (or without ``torch.distributed``), a :class:`NullSummaryWriter` elsewhere."""
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+    """``SummaryWriter(log_dir)`` on rank 0 (or without ``torch.distributed``), a :class:`NullSummaryWriter` elsewhere
+    (:func:`pipelines.distributed.is_main_process`: torchrun's ``RANK`` before the process group exists)."""
+    if not is_main_process():
         return NullSummaryWriter()
     return SummaryWriter(log_dir=log_dir, **kwargs)

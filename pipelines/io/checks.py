@@ -12,11 +12,12 @@ check                                           why
 ==============================================  ======================================================================
 file exists, header readable                    the reader's own error is a C++ traceback
 declared size against the file                  SimpleITK zero-fills what is missing (``.nii``, ``.nii.gz``, ``.raw``,
-                                                ``.mha``/``.mhd`` with ``LOCAL`` or compressed data, NRRD ``raw``/``gzip``)
+                                                ``.mha``/``.mhd`` with ``LOCAL`` or compressed data, NRRD
+                                                ``raw``/``gzip``)
 voxel sizes positive and finite                 SimpleITK silently replaces a 0 or NaN voxel size by 1 mm
 origin, direction finite; direction orthonormal  a prediction on a wrong grid overlays the wrong anatomy
-MetaImage / NRRD data file inside the folder     ``ElementDataFile = /etc/passwd`` or ``../../x`` would be read as voxels
-  of its header (relative, no ``..``)
+MetaImage / NRRD data file inside the folder     ``ElementDataFile = /etc/passwd`` or ``../../x`` would be read as
+  of its header (relative, no ``..``)            voxels
 DICOM: one series per output                    a folder with two series gave the first and ignored the second
 DICOM: every slice readable, pixel data whole   GDCM drops an unreadable slice and the volume no longer overlays
 DICOM: slice positions evenly spaced            ITK assumes one spacing: a missing slice shifts everything after it
@@ -37,9 +38,15 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import SimpleITK as sitk
+from numpy.typing import ArrayLike
+from monai.data.utils import orientation_ras_lps
+
+from pipelines.io.formats import is_dicom_file, is_metaimage, is_nifti, is_nrrd
+from pipelines.io.geometry import grid_of_affine
 
 __all__ = [
     "DicomSeries",
@@ -49,6 +56,7 @@ __all__ = [
     "first_line",
     "nifti_size_problem",
     "is_nifti2",
+    "ImageInformation",
     "NiftiHeaderInformation",
     "SLICE_SPACING_TOLERANCE",
 ]
@@ -58,6 +66,7 @@ __all__ = [
 SLICE_SPACING_TOLERANCE = 0.05
 _ORTHONORMAL_ATOL = 1e-3
 _CHUNK = 1 << 20
+_UNDEFINED_LENGTH = 0xFFFFFFFF  # a DICOM element length of "undefined" (sequences, encapsulated pixel data)
 
 _MET_SIZES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
               "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_ULONG": 8, "MET_LONG": 8, "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8}
@@ -131,14 +140,15 @@ def nifti_size_problem(path: str | os.PathLike) -> str | None:
 
     path = Path(path)
     name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
+    if not is_nifti(name):
         return None
     try:
-        image = nib.load(str(path))
+        # a NIfTI-1 or NIfTI-2 image (Nifti2Image derives from Nifti1Image); nib.load is typed as any image
+        image = cast("nib.Nifti1Image", nib.load(str(path)))
         header = image.header
         offset = int(getattr(image.dataobj, "offset", header["vox_offset"]))
-        if name.endswith((".nii", ".nii.gz")):  # single file: the data never starts inside the header (352 / 544)
-            offset = max(offset, int(header["sizeof_hdr"]) + 4)
+        # a single file (.nii, .nii.gz): the data never starts inside the header (352 / 544 bytes)
+        offset = max(offset, int(header["sizeof_hdr"]) + 4)
         shape = tuple(int(s) for s in header.get_data_shape())
         needed = offset + math.prod(shape) * header.get_data_dtype().itemsize
         # the header as stored: nibabel's loader "repairs" a zero pixdim to 1 (and SimpleITK then mixes sform and
@@ -165,7 +175,7 @@ def nifti_size_problem(path: str | os.PathLike) -> str | None:
 def is_nifti2(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a NIfTI-2 file (``sizeof_hdr`` 540, either byte order), which SimpleITK cannot read."""
     name = str(path).lower()
-    if not name.endswith((".nii", ".nii.gz")):
+    if not is_nifti(name):
         return False
     try:
         with (gzip.open if name.endswith(".gz") else open)(path, "rb") as f:
@@ -182,6 +192,28 @@ _SITK_PIXEL_IDS = {"uint8": sitk.sitkUInt8, "int8": sitk.sitkInt8, "uint16": sit
                    "float64": sitk.sitkFloat64}
 
 
+class ImageInformation(Protocol):
+    """The header of one image file as :func:`read_image_information` returns it: the methods of
+    ``sitk.ImageFileReader`` after ``ReadImageInformation`` that the callers use (SimpleITK or
+    :class:`NiftiHeaderInformation`)."""
+
+    def GetFileName(self) -> str: ...  # noqa: N802 - SimpleITK's names
+
+    def GetDimension(self) -> int: ...  # noqa: N802
+
+    def GetSize(self) -> tuple[int, ...]: ...  # noqa: N802
+
+    def GetSpacing(self) -> tuple[float, ...]: ...  # noqa: N802
+
+    def GetOrigin(self) -> tuple[float, ...]: ...  # noqa: N802
+
+    def GetDirection(self) -> tuple[float, ...]: ...  # noqa: N802
+
+    def GetNumberOfComponents(self) -> int: ...  # noqa: N802
+
+    def GetPixelID(self) -> int: ...  # noqa: N802
+
+
 class NiftiHeaderInformation:
     """What ``sitk.ImageFileReader.ReadImageInformation`` gives, read from a NIfTI-2 header with nibabel.
 
@@ -194,7 +226,7 @@ class NiftiHeaderInformation:
         import nibabel as nib
 
         self._path = str(path)
-        image = nib.load(self._path)
+        image = cast("nib.Nifti1Image", nib.load(self._path))  # NIfTI-2: a Nifti2Image
         header = image.header
         shape = tuple(int(v) for v in header.get_data_shape())
         self._components = shape[4] if len(shape) >= 5 else 1
@@ -205,14 +237,13 @@ class NiftiHeaderInformation:
         self._size = tuple(shape) + (1,) * (dims - len(shape))
         zooms = [float(z) for z in header.get_zooms()[:dims]]
         self._spacing = tuple(zooms + [1.0] * (dims - len(zooms)))
-        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(image.affine, dtype=np.float64)
+        # ITK's reading: LPS, the direction the normalised columns of the affine, spacing from pixdim (above)
+        _, columns, origin = grid_of_affine(orientation_ras_lps(np.asarray(image.affine, dtype=np.float64)))
         spatial = min(dims, 3)
-        norms = np.linalg.norm(lps[:3, :3], axis=0)
-        columns = lps[:3, :3] / np.where(norms > 0, norms, 1.0)  # ITK: the direction is the normalised affine
         direction = np.eye(dims)
         direction[:spatial, :spatial] = columns[:spatial, :spatial]
         self._direction = tuple(direction.ravel().tolist())
-        self._origin = tuple(lps[:spatial, 3].tolist()) + (0.0,) * (dims - spatial)
+        self._origin = tuple(origin[:spatial].tolist()) + (0.0,) * (dims - spatial)
         slope, inter = header.get_slope_inter()
         scaled = slope not in (None, 1.0) or inter not in (None, 0.0)
         dtype = np.dtype(np.float64 if scaled else header.get_data_dtype()).name
@@ -262,7 +293,7 @@ def _confined(header: Path, name: str, what: str) -> Path:
     return target
 
 
-def _positive_finite(values: Sequence[float]) -> bool:
+def _positive_finite(values: ArrayLike) -> bool:
     array = np.asarray(values, dtype=np.float64)
     return bool(array.size) and bool(np.isfinite(array).all()) and bool((array > 0).all())
 
@@ -370,7 +401,7 @@ def _nrrd_problem(path: Path) -> str | None:
     return None
 
 
-def _geometry_problem(info: sitk.ImageFileReader) -> str | None:
+def _geometry_problem(info: ImageInformation) -> str | None:
     spacing = np.asarray(info.GetSpacing(), dtype=np.float64)
     if not _positive_finite(spacing):
         return f"voxel size {spacing.tolist()} is not positive and finite"
@@ -386,10 +417,11 @@ def _geometry_problem(info: sitk.ImageFileReader) -> str | None:
     return None
 
 
-def read_image_information(path: str | os.PathLike) -> sitk.ImageFileReader:
+def read_image_information(path: str | os.PathLike) -> ImageInformation:
     """Read the header of ``path`` and run every check of this module on it; no voxels are read.
 
-    Returns the ``sitk.ImageFileReader`` with the information loaded (``GetSize()``, ``GetSpacing()``...).
+    Returns the ``sitk.ImageFileReader`` with the information loaded (``GetSize()``, ``GetSpacing()``...), for a
+    NIfTI-2 file a :class:`NiftiHeaderInformation` with the same methods.
     Raises ``ValueError("<path>: <problem>")``. A file that passed is not checked again while its size and
     modification time stay the same (inference checks an input, then its reader opens it).
     """
@@ -403,16 +435,16 @@ def read_image_information(path: str | os.PathLike) -> sitk.ImageFileReader:
 
 
 @functools.lru_cache(maxsize=256)
-def _checked_file(resolved: str, size: int, mtime_ns: int) -> sitk.ImageFileReader:
+def _checked_file(resolved: str, size: int, mtime_ns: int) -> ImageInformation:
     """The checks of :func:`read_image_information`, cached by file identity (a failure is never cached)."""
     path = Path(resolved)
     name = path.name.lower()
     try:
-        if name.endswith((".mhd", ".mha")):
+        if is_metaimage(name):
             problem = _metaimage_problem(path)
-        elif name.endswith((".nrrd", ".nhdr")):
+        elif is_nrrd(name):
             problem = _nrrd_problem(path)
-        elif name.endswith((".nii", ".nii.gz")):
+        elif is_nifti(name):
             problem = nifti_size_problem(path)
         else:
             problem = None
@@ -425,7 +457,7 @@ def _checked_file(resolved: str, size: int, mtime_ns: int) -> sitk.ImageFileRead
         problem = _geometry_problem(info)
         if problem:
             raise ValueError(f"{path}: {problem}")
-        return info  # type: ignore[return-value] - the same interface
+        return info
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -451,22 +483,12 @@ class DicomSeries:
     files: tuple[str, ...]
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with path.open("rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _read_slice(path: str) -> tuple[str | None, float | None]:
     """One read of a slice's header: ``(problem, position along the slice normal in mm)``. The problem says when the
     header is unreadable or the pixel data incomplete (uncompressed syntaxes); the position is ``None`` when the
     header lacks the geometry."""
     import pydicom
+    from pydicom.dataelem import RawDataElement
 
     try:
         ds = pydicom.dcmread(path, defer_size="1 KB")
@@ -479,7 +501,13 @@ def _read_slice(path: str) -> tuple[str | None, float | None]:
         try:
             needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) \
                 * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8
-            have = ds["PixelData"].length if ds["PixelData"].is_undefined_length is False else needed
+            # the element as read, its value deferred: the declared length and where the value starts, as far as the
+            # file holds it (pydicom 3's DataElement has no length; an undefined length is an encapsulated syntax)
+            element = ds.get_item("PixelData", keep_deferred=True)
+            if isinstance(element, RawDataElement) and element.length != _UNDEFINED_LENGTH:
+                have = min(element.length, os.path.getsize(path) - element.value_tell)
+            else:
+                have = needed
         except (AttributeError, KeyError, TypeError, ValueError):
             have = needed = 0
         if have < needed:
@@ -495,9 +523,9 @@ def _read_slice(path: str) -> tuple[str | None, float | None]:
 def _spacing_problem(files: Sequence[str], positions: Sequence[float | None], tolerance: float) -> str | None:
     if any(p is None for p in positions) or len(positions) < 3:
         return None
-    positions = np.asarray(positions, dtype=np.float64)
-    order = np.argsort(positions)
-    gaps = np.diff(positions[order])
+    values = np.asarray(positions, dtype=np.float64)
+    order = np.argsort(values)
+    gaps = np.diff(values[order])
     step = float(np.median(gaps))
     if step <= 1e-6:
         duplicated = [Path(files[order[i]]).name for i in np.flatnonzero(gaps <= 1e-6)[:3]]
@@ -546,7 +574,7 @@ def _dicom_series(folder: Path, series_uid: str, spacing_tolerance: float) -> li
                   for uid in uids]
     in_series = {str(Path(f).resolve()) for s in all_series for f in s.files}
     strays = sorted(p for p in folder.iterdir()
-                    if p.is_file() and str(p.resolve()) not in in_series and _looks_like_dicom(p))
+                    if p.is_file() and str(p.resolve()) not in in_series and is_dicom_file(p))
     if strays:
         raise ValueError(f"{strays[0]}: {_read_slice(str(strays[0]))[0] or 'DICOM file in no readable series'}; "
                          f"the series of {folder.name} would be read without it")

@@ -17,19 +17,25 @@ import contextvars
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
+from monai.config import PathLike
 from monai.data import ImageReader, NibabelReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from pipelines.io.checks import dicom_series, first_line, is_nifti2, read_image_information
+from pipelines.io.checks import ImageInformation, dicom_series, first_line, is_nifti2, read_image_information
+from pipelines.io.formats import READER_SUFFIXES, has_suffix, is_nifti
+from pipelines.io.geometry import affine_of
 
-__all__ = ["SimpleITKReader", "read_image_information", "read_voxels", "SELECTED_SERIES", "SUFFIXES"]
+__all__ = ["SimpleITKReader", "read_image_information", "read_voxels", "count_nonfinite", "is_floating",
+           "SELECTED_SERIES"]
 
-SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm")
+#: SimpleITK pixel types that can hold NaN / Inf
+_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
 
 
 #: the DICOM series :class:`SimpleITKReader` reads from a folder that holds several, when it was built without one:
@@ -41,11 +47,24 @@ SELECTED_SERIES: contextvars.ContextVar[str] = contextvars.ContextVar("selected_
 def read_voxels(path: str | os.PathLike) -> np.ndarray:
     """The voxels of ``path``: nibabel for NIfTI (ITK's NIfTI reader turns NaN into 0, hiding them; MONAI's loader,
     nibabel, would not), SimpleITK otherwise."""
-    if str(path).lower().endswith((".nii", ".nii.gz")):
+    if is_nifti(path):
         import nibabel as nib
 
-        return np.asanyarray(nib.load(str(path)).dataobj)
+        return np.asanyarray(cast("nib.Nifti1Image", nib.load(str(path))).dataobj)  # NIfTI-1 or -2
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def is_floating(info: ImageInformation) -> bool:
+    """Whether the header ``info`` (:func:`read_image_information`) declares floating-point voxels, the only kind
+    that can hold NaN or Inf."""
+    return info.GetPixelID() in _FLOAT_TYPES
+
+
+def count_nonfinite(voxels: np.ndarray) -> tuple[int, int]:
+    """``(NaN count, Inf count)`` of ``voxels`` (:func:`read_voxels`; read them only where :func:`is_floating`)."""
+    if np.isfinite(voxels).all():
+        return 0, 0
+    return int(np.isnan(voxels).sum()), int(np.isinf(voxels).sum())
 
 
 class SimpleITKReader(ImageReader):
@@ -77,14 +96,14 @@ class SimpleITKReader(ImageReader):
         self.dtype = dtype
         self._nibabel = NibabelReader(channel_dim=channel_dim, squeeze_non_spatial_dims=True)
 
-    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         for name in ensure_tuple(filename):
             name = str(name)
-            if not (Path(name).is_dir() or name.lower().endswith(SUFFIXES)):
+            if not (Path(name).is_dir() or has_suffix(name, READER_SUFFIXES)):
                 return False
         return True
 
-    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs) -> list[sitk.Image] | sitk.Image:
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs) -> list[sitk.Image] | sitk.Image:
         images = []
         names = ensure_tuple(data)
         for name in names:
@@ -126,7 +145,7 @@ class SimpleITKReader(ImageReader):
             arrays.append(data)
             header = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys() if not key.startswith("ITK_")}
             header["spacing"] = np.asarray(image.GetSpacing())
-            header[MetaKeys.ORIGINAL_AFFINE] = self.affine_of(image, self.affine_lps_to_ras)
+            header[MetaKeys.ORIGINAL_AFFINE] = affine_of(image, self.affine_lps_to_ras)
             header[MetaKeys.SPACE] = SpaceKeys.RAS if self.affine_lps_to_ras else SpaceKeys.LPS
             header[MetaKeys.AFFINE] = header[MetaKeys.ORIGINAL_AFFINE].copy()
             header[MetaKeys.SPATIAL_SHAPE] = np.asarray(image.GetSize())
@@ -151,13 +170,3 @@ class SimpleITKReader(ImageReader):
         header[MetaKeys.SPACE] = SpaceKeys.RAS if self.affine_lps_to_ras else SpaceKeys.LPS
         header[MetaKeys.AFFINE] = header[MetaKeys.ORIGINAL_AFFINE].copy()
         return data, header
-
-    @staticmethod
-    def affine_of(image: sitk.Image, lps_to_ras: bool = True) -> np.ndarray:
-        """The voxel-to-world affine of a SimpleITK image: ``direction @ diag(spacing)`` and the origin."""
-        dims = image.GetDimension()
-        direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims)
-        affine = np.eye(dims + 1)
-        affine[:dims, :dims] = direction @ np.diag(image.GetSpacing())
-        affine[:dims, -1] = image.GetOrigin()
-        return orientation_ras_lps(affine) if lps_to_ras else affine

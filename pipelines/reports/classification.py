@@ -1,6 +1,7 @@
 """The classification report a clinician reads: scores, a confusion matrix, ROC curves and per-image probabilities.
 
-``write_classification_report(output_dir, ...)`` writes, each file atomically:
+``write_classification_report(output_dir, ...)`` writes, all five published together (each at a temporary name, all
+renamed once complete, :func:`pipelines.reports.base.publish_together`):
 
     output_dir/
     ├── classification_summary.json     accuracy, balanced accuracy, macro precision / recall / F1, weighted F1, MCC,
@@ -15,10 +16,12 @@ What comes from MONAI: per-class one-vs-rest counts and the precision / recall /
 What MONAI lacks and is written here: the K x K confusion matrix, multi-class MCC (Gorodkin's R_K, MONAI's MCC is
 per class, one-vs-rest), Cohen's kappa, the ROC curve points (MONAI returns only the area) and the plots.
 
-``ClassificationReport`` is an Ignite handler for an evaluator: it collects the decollated outputs of a run and, at the
-run's end, writes the report (when given a folder) and logs the scores, the confusion matrix and the ROC curves to
-TensorBoard. ``ClassificationScore`` is an Ignite metric (accuracy, macro-F1, MCC, ...) from the accumulated confusion
-matrix, usable as an evaluator's key metric; it is reduced across processes in distributed runs.
+``ClassificationReport`` is an Ignite handler for an evaluator (a :class:`~pipelines.reports.base.CollectThenWrite`): it
+collects the decollated outputs of a run and, at the run's end, gathers them over the ranks, writes the report (when
+given a folder; its five files published together) and logs the scores, the confusion matrix and the ROC curves to
+TensorBoard; ``PredictionWriter`` is its inference counterpart (one CSV of per-image probabilities).
+``ClassificationScore`` is an Ignite metric (accuracy, macro-F1, MCC, ...) from the accumulated confusion matrix, usable
+as an evaluator's key metric; it is reduced across processes in distributed runs.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
-from pipelines.io import atomic_path, write_json_atomic, write_text_atomic
+from pipelines.reports.base import CollectThenWrite, Staging, publish_together
 
 __all__ = [
     "confusion_matrix",
@@ -158,7 +161,8 @@ def classification_metrics(labels: Sequence[int], probabilities: np.ndarray, cla
         if positive.all() or not positive.any():
             aucs.append(None)
             continue
-        aucs.append(float(compute_roc_auc(torch.as_tensor(probabilities[:, i]), torch.as_tensor(positive.astype(np.float32)))))
+        aucs.append(float(compute_roc_auc(torch.as_tensor(probabilities[:, i]),
+                                          torch.as_tensor(positive.astype(np.float32)))))
     defined = [a for a in aucs if a is not None]
     result["mean_auc"] = float(np.mean(defined)) if defined else None
     for i, name in enumerate(class_names):
@@ -229,15 +233,16 @@ def _figure_to_rgb(fig) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def _save_figure(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+def _save_figure(fig, path: Path, staging: Staging) -> None:
+    fig.savefig(staging.path(path), format="png")
 
 
 # --------------------------------------------------------------------------------------------------- files
 def write_probabilities_csv(path: str | os.PathLike, files: Sequence[str], probabilities: np.ndarray,
-                            class_names: Sequence[str], labels: Sequence[int] | None = None) -> Path:
-    """One row per image: ``file, [true_class,] predicted_class, <one probability column per class>``, atomically."""
+                            class_names: Sequence[str], labels: Sequence[int] | None = None,
+                            staging: Staging | None = None) -> Path:
+    """One row per image: ``file, [true_class,] predicted_class, <one probability column per class>``, atomically
+    (or joining an open ``staging``)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -249,29 +254,33 @@ def write_probabilities_csv(path: str | os.PathLike, files: Sequence[str], proba
         row.append(class_names[int(probabilities[n].argmax())])
         row.extend(f"{v:.6f}" for v in probabilities[n])
         writer.writerow(row)
-    return write_text_atomic(path, buffer.getvalue())
+    with publish_together(staging) as report:
+        return report.text(path, buffer.getvalue())
 
 
 def write_classification_report(output_dir: str | os.PathLike, *, files: Sequence[str], labels: Sequence[int],
                                 probabilities: np.ndarray, class_names: Sequence[str],
-                                extra: dict | None = None) -> dict:
-    """Compute :func:`classification_metrics` and write the five report files into ``output_dir``; return the summary."""
+                                extra: dict | None = None, staging: Staging | None = None) -> dict:
+    """Compute :func:`classification_metrics` and write the five report files into ``output_dir``, published
+    together (or joining an open ``staging``); return the summary."""
     plt = _pyplot()
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     summary = {**(extra or {}), **classification_metrics(labels, probabilities, class_names)}
-    write_probabilities_csv(out / "probabilities.csv", files, probabilities, class_names, labels)
     matrix = np.asarray(summary["confusion_matrix"])
-    write_text_atomic(out / "confusion_matrix.csv", "true\\predicted," + ",".join(class_names) + "\n" + "".join(
-        f"{name}," + ",".join(str(int(v)) for v in row) + "\n" for name, row in zip(class_names, matrix)))
-    for name, fig in (("confusion_matrix.png", plot_confusion_matrix(matrix, class_names)),
-                      ("roc_curves.png", plot_roc_curves(labels, probabilities, class_names,
-                                                         [c["auc"] for c in summary["per_class"]]))):
-        _save_figure(fig, out / name)
-        plt.close(fig)
-    write_json_atomic(out / "classification_summary.json", summary)
+    with publish_together(staging) as report:
+        report.json(out / "classification_summary.json", summary)  # staged first: renamed last
+        write_probabilities_csv(out / "probabilities.csv", files, probabilities, class_names, labels, staging=report)
+        report.text(out / "confusion_matrix.csv", "true\\predicted," + ",".join(class_names) + "\n" + "".join(
+            f"{name}," + ",".join(str(int(v)) for v in row) + "\n" for name, row in zip(class_names, matrix)))
+        for name, fig in (("confusion_matrix.png", plot_confusion_matrix(matrix, class_names)),
+                          ("roc_curves.png", plot_roc_curves(labels, probabilities, class_names,
+                                                             [c["auc"] for c in summary["per_class"]]))):
+            try:
+                _save_figure(fig, out / name, report)
+            finally:
+                plt.close(fig)
     return summary
 
 
@@ -329,58 +338,43 @@ class ClassificationScore(Metric):
         return float(scores[self.metric])
 
 
-class _Collector:
-    """Collects file names, labels and probabilities of the decollated outputs of one evaluator run."""
+class _ClassificationRows(CollectThenWrite):
+    """One row per image of a classification run: ``(file, label or None, probabilities)``, gathered over the ranks."""
 
     def __init__(self, pred_key: str, label_key: str | None, id_key: str, image_key: str) -> None:
+        super().__init__(gather=True)
         self.pred_key, self.label_key, self.id_key, self.image_key = pred_key, label_key, id_key, image_key
-        self.reset()
 
-    def reset(self, engine: Engine | None = None) -> None:
-        self.files: list[str] = []
-        self.labels: list[int] = []
-        self.probabilities: list[np.ndarray] = []
-
-    def collect(self, engine: Engine) -> None:
+    def rows_of(self, engine: Engine) -> list[tuple[str, int | None, np.ndarray]]:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(outputs)
-        for batch_item, item in zip(batch, outputs):
-            self.files.append(_item_name(batch_item, item, self.id_key, self.image_key))
-            self.probabilities.append(_as_probabilities(item[self.pred_key]))
-            if self.label_key is not None:
-                self.labels.append(_as_label(item[self.label_key]))
+        return [(_item_name(batch_item, item, self.id_key, self.image_key),
+                 _as_label(item[self.label_key]) if self.label_key is not None else None,
+                 _as_probabilities(item[self.pred_key])) for batch_item, item in zip(batch, outputs)]
 
-    def gathered(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """The collected data of every process (``torch.distributed``) or of this one, as arrays."""
-        files, labels, probabilities = self.files, self.labels, self.probabilities
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, (files, labels, probabilities))
-            files = [f for part in parts for f in part[0]]
-            labels = [x for part in parts for x in part[1]]
-            probabilities = [x for part in parts for x in part[2]]
-        k = probabilities[0].shape[0] if probabilities else 0
-        return files, np.asarray(labels, dtype=np.int64), np.asarray(probabilities, dtype=np.float64).reshape(-1, k)
+    @staticmethod
+    def arrays(rows: list) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """File names, labels ``(N,)`` and probabilities ``(N, K)`` of ``rows``."""
+        files = [r[0] for r in rows]
+        labels = np.asarray([r[1] for r in rows if r[1] is not None], dtype=np.int64)
+        k = rows[0][2].shape[0] if rows else 0
+        return files, labels, np.asarray([r[2] for r in rows], dtype=np.float64).reshape(-1, k)
 
 
-def _is_rank_zero() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
-        torch.distributed.get_rank() == 0
-
-
-class ClassificationReport:
+class ClassificationReport(_ClassificationRows):
     """At the end of each evaluator run, the full classification report: files and TensorBoard.
 
     Attach to an evaluator whose postprocessed output has class probabilities under ``pred_key`` (softmax, ``(K,)``)
     and the label under ``label_key`` (an index or one-hot). At ``EPOCH_COMPLETED``:
 
     - with ``output_dir``: :func:`write_classification_report` (summary JSON, confusion matrix PNG / CSV, ROC PNG,
-      per-image probabilities CSV);
+      per-image probabilities CSV, published together);
     - with ``summary_writer``: scalars ``<tag>/accuracy``, ``macro_f1``, ``mean_auc``, ``mcc``, ``balanced_accuracy``,
-      ``auc_<class>``, and the confusion matrix and ROC curves as images ``<tag>/confusion_matrix``, ``<tag>/roc_curves``,
-      at step ``engine.state.epoch`` (the trainer's epoch when run by ``ValidationHandler``).
+      ``auc_<class>``, and the confusion matrix and ROC curves as images ``<tag>/confusion_matrix``,
+      ``<tag>/roc_curves``, at step ``engine.state.epoch`` (the trainer's epoch when run by ``ValidationHandler``).
 
-    In distributed runs the outputs are gathered from every process and rank 0 alone writes.
+    In distributed runs the outputs are gathered from every process and rank 0 alone writes
+    (:class:`~pipelines.reports.base.CollectThenWrite`; attach it on every rank). A run without images writes nothing.
 
     Args:
         class_names: names of the classes in label order.
@@ -396,31 +390,29 @@ class ClassificationReport:
     def __init__(self, class_names: Sequence[str], output_dir: str | None = None, summary_writer: Any = None,
                  tag: str = "val", images_every: int = 1, pred_key: str = "pred", label_key: str = "label",
                  id_key: str = "id", image_key: str = "image", extra: dict | None = None) -> None:
+        super().__init__(pred_key, label_key, id_key, image_key)
         self.class_names = list(class_names)
         self.output_dir = output_dir
         self.writer = summary_writer
         self.tag = tag
         self.images_every = max(1, int(images_every))
         self.extra = dict(extra or {})
-        self.collector = _Collector(pred_key, label_key, id_key, image_key)
-        self.summary: dict | None = None
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self.collector.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collector.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        files, labels, probabilities = self.collector.gathered()
-        if not _is_rank_zero() or not len(files):
-            return
-        epoch = int(engine.state.epoch)
+    def write(self, rows: list, engine: Engine, staging: Staging) -> dict | None:
+        if not rows:
+            return self.summary
+        files, labels, probabilities = self.arrays(rows)
         if self.output_dir is not None:
-            self.summary = write_classification_report(self.output_dir, files=files, labels=labels,
-                                                       probabilities=probabilities, class_names=self.class_names,
-                                                       extra=self.extra)
-        else:
-            self.summary = classification_metrics(labels, probabilities, self.class_names)
+            return write_classification_report(self.output_dir, files=files, labels=labels,
+                                               probabilities=probabilities, class_names=self.class_names,
+                                               extra=self.extra, staging=staging)
+        return classification_metrics(labels, probabilities, self.class_names)
+
+    def published(self, rows: list, engine: Engine) -> None:
+        if not rows:
+            return
+        _, labels, probabilities = self.arrays(rows)
+        epoch = int(engine.state.epoch)
         s = self.summary
         logger.info("%s classification report (%d images): accuracy %.4f, balanced accuracy %.4f, macro-F1 %.4f, "
                     "mean AUC %s, MCC %.4f%s", self.tag, s["n"], s["accuracy"], s["balanced_accuracy"], s["macro_f1"],
@@ -445,29 +437,25 @@ class ClassificationReport:
         self.writer.flush()
 
 
-class PredictionWriter:
+class PredictionWriter(_ClassificationRows):
     """At the end of an inference run, write ``file, predicted_class, <probabilities>`` for every image to a CSV.
 
     Attach to the inference evaluator; ``pred_key`` holds the softmax probabilities. The file is written atomically
-    (by rank 0 in distributed runs) and a one-line summary is logged.
+    (by rank 0, with every rank's images, in distributed runs) and a one-line summary is logged.
     """
 
     def __init__(self, class_names: Sequence[str], path: str, pred_key: str = "pred", id_key: str = "id",
                  image_key: str = "image") -> None:
+        super().__init__(pred_key, None, id_key, image_key)
         self.class_names = list(class_names)
         self.path = Path(path)
-        self.collector = _Collector(pred_key, None, id_key, image_key)
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self.collector.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collector.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+    def write(self, rows: list, engine: Engine, staging: Staging) -> None:
+        files, _, probabilities = self.arrays(rows)
+        write_probabilities_csv(self.path, files, probabilities, self.class_names, staging=staging)
 
-    def __call__(self, engine: Engine) -> None:
-        files, _, probabilities = self.collector.gathered()
-        if not _is_rank_zero():
-            return
-        write_probabilities_csv(self.path, files, probabilities, self.class_names)
+    def published(self, rows: list, engine: Engine) -> None:
+        files, _, probabilities = self.arrays(rows)
         counts = np.bincount(probabilities.argmax(1), minlength=len(self.class_names)) if len(files) else []
         logger.info("predictions for %d images written to %s (%s)", len(files), self.path,
                     ", ".join(f"{n} {int(c)}" for n, c in zip(self.class_names, counts)))

@@ -5,7 +5,8 @@ Writes::
     out/
     ├── ISIC2018_Task3_Training_Input/ISIC_0024306.jpg ...      RGB JPEG, 64 x 48 by default (the real ones: 600 x 450)
     ├── ISIC2018_Task3_Training_Input/LICENSE.txt               (as in the download; the data layer ignores it)
-    └── ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv   image,MEL,NV,...  one-hot "1.0"/"0.0"
+    └── ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv
+                                                                image,MEL,NV,...  one-hot "1.0"/"0.0"
 
 Each image is skin (a beige background with shading and noise) with one lesion whose colour, border and texture depend
 on the class, loosely after the dermoscopic clues: melanoma dark, irregular and multi-coloured; nevus brown, round and

@@ -168,8 +168,8 @@ def _phantom(shape, spacing, rng: np.random.Generator, dtype=np.float64, vessels
     def tube(p0, p1, radius):
         lo = np.minimum(p0, p1) - radius - 1
         hi = np.maximum(p0, p1) + radius + 1
-        sel = tuple(slice(max(int(np.searchsorted(a, l)), 0), int(np.searchsorted(a, h)))
-                    for a, l, h in zip(axes, lo, hi))
+        sel = tuple(slice(max(int(np.searchsorted(a, lo_)), 0), int(np.searchsorted(a, h)))
+                    for a, lo_, h in zip(axes, lo, hi))
         P = np.stack(np.broadcast_arrays(*_grid(axes, sel)), axis=-1)
         d = p1 - p0
         t = np.clip(((P - p0) @ d) / max(d @ d, 1e-9), 0, 1)

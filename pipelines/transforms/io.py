@@ -24,7 +24,8 @@ class LoadVolumed(LoadImaged):
 
 
 def first_path(value) -> str:
-    """The first path of a data value: ``"a.nii"``, ``["a.nii", "b.nii"]`` or a collated ``[["a.nii"]]`` -> ``"a.nii"``."""
+    """The first path of a data value: ``"a.nii"``, ``["a.nii", "b.nii"]`` or a collated ``[["a.nii"]]`` ->
+    ``"a.nii"``."""
     while isinstance(value, (list, tuple)):
         value = value[0]
     return str(value)

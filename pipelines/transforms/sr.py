@@ -4,9 +4,10 @@ Intensities: 8-bit images are divided by 255 ([0, 1]). CT is normalised by its w
 -1000..400 HU, mapped linearly to 0..1): clipped to it for training and validation, where the network learns that
 range, but **not clipped at inference**, so the output covers the input's whole range (bone at 1500 HU comes out
 near 1500 HU, air outside the field of view at -2000 HU as -2000 HU). The CT inferer
-(``sr_inferer(..., passthrough_window=(0, 1))``, :class:`WindowPassthrough`) gives the network the input clipped to
-the window it was trained on and adds the up-sampled part outside the window back to its output; the postprocessing
-inverts the normalisation without clipping. The low-resolution input is made from the high-resolution image by
+(:func:`pipelines.inferers.sr_inferer` with ``passthrough_window=(0, 1)``,
+:class:`~pipelines.inferers.WindowPassthrough`) gives the network the input clipped to the window it was trained on
+and adds the up-sampled part outside the window back to its output; the postprocessing inverts the normalisation
+without clipping. The low-resolution input is made from the high-resolution image by
 :mod:`pipelines.transforms.degradation`, so every HR size must be a multiple of the scale: training crops patches of
 such a size, validation crops the image to a multiple (:class:`~pipelines.transforms.degradation.DivisibleCropd`).
 
@@ -24,12 +25,9 @@ the first voxel where the input's is (see :func:`~pipelines.transforms.degradati
 postprocessing maps the window's 0..1 back to Hounsfield units (values outside it included) and writes a NIfTI whose
 world position matches the input's, whatever the input's direction matrix.
 
-Seamless inference on images larger than a training patch: :func:`sr_inferer` is MONAI's ``SlidingWindowInferer``.
-``monai.inferers.sliding_window_inference`` supports networks whose output is larger than the window by an integer
-factor per axis (it measures ``output / roi_size`` per window, places each window at its start times that factor and
-nearest-upsamples the blending weights), including inputs smaller than the window (padded, then cropped by the
-factor). The buffered mode (``buffer_steps``) does not: its buffer is allocated at the input's size, so it is
-refused here.
+Seamless inference on images larger than a training patch: the SR inferer, its window passthrough and its device
+planning live with every other inference wrapper in :mod:`pipelines.inferers` (``sr_inferer``,
+``SuperResolutionInferer``, ``WindowPassthrough``, ``WindowPassthroughInferer``); they stay importable from here.
 """
 
 from __future__ import annotations
@@ -40,10 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor, PILReader
-from monai.inferers import SlidingWindowInferer
 from monai.transforms import (
     CenterSpatialCropd,
     Compose,
@@ -63,6 +59,7 @@ from monai.transforms import (
 )
 from PIL import Image
 
+from pipelines.inferers import WindowPassthrough, WindowPassthroughInferer, sr_inferer  # noqa: F401 - old path
 from pipelines.io import AtomicNibabelWriter, atomic_path
 from pipelines.transforms.ct import body_mask
 from pipelines.transforms.degradation import (
@@ -230,119 +227,6 @@ class SaveSRPNGd(MapTransform):
                 image.save(tmp, format="PNG")
             d["output_path"] = str(path)
         return d
-
-
-def _interpolation_of(network: torch.nn.Module, spatial_dims: int) -> str:
-    """The interpolation of ``network``'s own skip (:class:`~networks.RRDBNet` ``interpolation_skip``), looked up
-    through wrappers (``.network``, ``.module``); (bi/tri)linear when it has none. Every mode here is linear in its
-    input, so interpolating the clipped input and the excess separately adds up to interpolating the whole."""
-    seen = 0
-    while network is not None and seen < 8:
-        mode = getattr(network, "interpolation_skip", None)
-        if isinstance(mode, str):
-            return mode
-        inner = getattr(network, "network", None)
-        network = inner if inner is not None else getattr(network, "module", None)
-        seen += 1
-    return "bilinear" if spatial_dims == 2 else "trilinear"
-
-
-class WindowPassthrough(torch.nn.Module):
-    """Run ``network`` on its input clipped to ``window`` and add back what the clipping removed, up-sampled.
-
-    ``output = network(clip(x, low, high)) + interpolate(x - clip(x, low, high))`` to the network's output size.
-    A super-resolution network trained on windowed intensities (CT in -1000..400 HU, normalised to 0..1) never saw
-    values outside the window; this keeps its input inside what it learnt while the output keeps the input's range:
-    bone at 1500 HU comes out near 1500 HU instead of 400. With the network's own interpolation skip
-    (``interpolation_skip="trilinear"``) the result equals that skip applied to the whole input plus the residual the
-    network predicts from the windowed input. An input inside the window is passed unchanged (``output =
-    network(x)``). Upstream MONAI has no intensity passthrough for its inferers.
-
-    Args:
-        network: maps ``(B, C, *S)`` to ``(B, C, *S * scale)`` (``C`` the same in and out).
-        low, high: the window in the network's units (``0.0, 1.0`` after :func:`ct_sr_preprocessing`).
-        mode: ``F.interpolate`` mode for the excess; ``"auto"``: the network's interpolation skip, else linear.
-    """
-
-    def __init__(self, network: torch.nn.Module, low: float = 0.0, high: float = 1.0, mode: str = "auto") -> None:
-        super().__init__()
-        if not low < high:
-            raise ValueError(f"passthrough window must have low < high, got ({low}, {high})")
-        self.network = network
-        self.low, self.high = float(low), float(high)
-        self.mode = mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inside = x.clamp(self.low, self.high)
-        out = self.network(inside)
-        excess = (x - inside).float()
-        if not bool(excess.any()):
-            return out
-        if excess.shape[1] != out.shape[1]:
-            raise ValueError(f"passthrough needs as many output channels as input channels, got {excess.shape[1]} "
-                             f"in and {out.shape[1]} out")
-        mode = _interpolation_of(self.network, x.ndim - 2) if self.mode == "auto" else self.mode
-        align = None if mode in ("nearest", "area", "nearest-exact") else False
-        up = F.interpolate(excess, size=tuple(out.shape[2:]), mode=mode, align_corners=align)
-        return out + up.to(out.dtype)
-
-
-class WindowPassthroughInferer(SlidingWindowInferer):
-    """MONAI's ``SlidingWindowInferer`` whose network is wrapped in :class:`WindowPassthrough` on every call.
-
-    Args:
-        passthrough_window: ``(low, high)`` in the network's input units.
-        passthrough_mode: interpolation of the excess (``"auto"``: the network's interpolation skip, else linear).
-        args, kwargs: ``SlidingWindowInferer``'s.
-    """
-
-    def __init__(self, *args, passthrough_window: Sequence[float] = (0.0, 1.0), passthrough_mode: str = "auto",
-                 **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        low, high = (float(v) for v in passthrough_window)
-        WindowPassthrough(torch.nn.Identity(), low, high)  # checks the window now, not at the first volume
-        self.passthrough_window = (low, high)
-        self.passthrough_mode = passthrough_mode
-
-    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):  # type: ignore[override]
-        wrapped = WindowPassthrough(network, *self.passthrough_window, mode=self.passthrough_mode)
-        return super().__call__(inputs, wrapped, *args, **kwargs)
-
-
-def sr_inferer(
-    roi_size: Sequence[int] | int,
-    sw_batch_size: int = 4,
-    overlap: float | Sequence[float] = 0.25,
-    mode: str = "gaussian",
-    padding_mode: str = "replicate",
-    passthrough_window: Sequence[float] | None = None,
-    passthrough_mode: str = "auto",
-    **kwargs,
-) -> SlidingWindowInferer:
-    """A ``SlidingWindowInferer`` for networks that up-sample by an integer factor per axis.
-
-    ``roi_size`` is the *input* (low-resolution) window; the output of an input ``(B, C, *S)`` is
-    ``(B, C', *S * scale)``, seamless thanks to overlapping windows blended with Gaussian weights. ``padding_mode``
-    pads inputs smaller than the window (replicate: no dark border). ``passthrough_window`` (``(0, 1)`` for CT at
-    inference) gives a :class:`WindowPassthroughInferer`: the network sees its input clipped to that window and the
-    part outside is interpolated back into the output. Other keyword arguments go to ``SlidingWindowInferer``;
-    ``buffer_steps`` is refused (MONAI's buffered mode cannot enlarge the output).
-
-    A purely local network gives exactly its whole-image output. A network whose receptive field exceeds the
-    window's overlap margin differs from whole-image inference where windows saw zero padding; Gaussian blending
-    suppresses that inside the image, but MONAI clamps the Gaussian weights at 1e-3, so in the outermost
-    ``~roi_size / 8`` pixels along the image border, where every window is near its own edge, the blend is close
-    to uniform (use larger windows to shrink that band).
-    """
-    if kwargs.get("buffer_steps") is not None:
-        raise ValueError("buffer_steps is not supported for super-resolution: MONAI's buffered sliding window "
-                         "allocates its buffer at the input's size and cannot hold a larger output")
-    common = dict(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
-                  padding_mode=padding_mode, **kwargs)
-    if passthrough_window is not None:
-        return WindowPassthroughInferer(passthrough_window=passthrough_window, passthrough_mode=passthrough_mode,
-                                        **common)
-    return SlidingWindowInferer(**common)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The BraTS FRCU-Net bundle: metadata, standard ids, train / evaluate / infer, both label conventions, the CLI path."""
+"""The BraTS FRCU-Net bundle: train / evaluate / infer, both label conventions, the CLI path (its metadata, network
+shape and standard ids: ``test_bundle_metadata.py``, with every bundle's)."""
 
 from __future__ import annotations
 
@@ -12,38 +13,11 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 
+from pipelines.bundle import workflow_configs
 from pipelines.data.brats import CONVENTIONS
 from pipelines.inference import infer_volumes
-from tests.bundles.conftest import BRATS_BUNDLE, TINY_BRATS
-from tests.conftest import REPO, load_schema
-
-
-def test_metadata_is_valid_and_pins_the_requirements():
-    import jsonschema
-
-    meta = json.loads((BRATS_BUNDLE / "configs" / "metadata.json").read_text())
-    for name in ("meta_schema_20240725.json", "meta_schema_20220324.json"):
-        jsonschema.validate(meta, load_schema(name))
-    assert meta["version"] in meta["changelog"]
-    pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
-    for key in ("required_packages_version", "optional_packages_version"):
-        assert all(pins[p] == v for p, v in meta[key].items())
-    assert meta["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "T1c", "1": "T1", "2": "T2",
-                                                                              "3": "FLAIR"}
-
-
-def test_network_def_gives_the_declared_output_shape():
-    meta = json.loads((BRATS_BUNDLE / "configs" / "metadata.json").read_text())
-    parser = ConfigParser()
-    parser.read_config(str(BRATS_BUNDLE / "configs" / "inference.json"))
-    parser["network_def"].update({k: TINY_BRATS[k] for k in ("features", "freq_channels")})  # same topology, small
-    net = parser.get_parsed_content("network_def").eval()
-    fmt = meta["network_data_format"]
-    x = torch.zeros(1, fmt["inputs"]["image"]["num_channels"], *fmt["inputs"]["image"]["spatial_shape"])
-    with torch.no_grad():
-        assert net(x).shape == (1, fmt["outputs"]["pred"]["num_channels"], *fmt["outputs"]["pred"]["spatial_shape"])
 
 
 def test_training_writes_best_model_and_tensorboard_per_region(trained_brats_bundle):
@@ -95,7 +69,8 @@ def _check_label_map(case_dir, out, naming):
 def test_inference_workflow_writes_one_label_map_per_case(trained_brats_bundle, brats_tiny, tmp_path):
     root, cases = brats_tiny
     configs = trained_brats_bundle / "configs"
-    workflow = ConfigWorkflow(config_file=str(configs / "inference.json"), workflow_type="infer",
+    workflow = ConfigWorkflow(config_file=[str(p) for p in workflow_configs(configs.parent, "inference")],
+                              workflow_type="infer",
                               bundle_root=str(trained_brats_bundle), dataset_dir=str(root), output_dir=str(tmp_path))
     workflow.initialize()
     assert workflow.check_properties() in (None, [])

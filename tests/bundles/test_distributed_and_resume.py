@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipelines.bundle import workflow_configs
 from tests.conftest import tiny_trainer
 
 
@@ -32,14 +33,15 @@ def _copy(bundle: Path, dst: Path) -> Path:
 
 # test-only: every rank saves its weights and what its evaluator saw in the last validation, so the test can compare
 RANKS = {"finalize": [
-    "$torch.save(@network.module.state_dict(), @bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
+    "$torch.save(@network.module.state_dict(), @bundle_root + '/rank' + str(torch.distributed.get_rank()) + '.pt')",
     "$torch.save({'val_iterations': @validate#evaluator.state.iteration, "
-    "'metrics': dict(@validate#evaluator.state.metrics)}, @bundle_root + '/val' + str(dist.get_rank()) + '.pt')",
+    "'metrics': dict(@validate#evaluator.state.metrics)}, "
+    "@bundle_root + '/val' + str(torch.distributed.get_rank()) + '.pt')",
     "$torch.save({'train': [str(d['image']) for d in @train#dataset.data], "
     "'validation': [str(d['image']) for d in @validate#dataset.data]}, "
-    "@bundle_root + '/cases' + str(dist.get_rank()) + '.pt')",
+    "@bundle_root + '/cases' + str(torch.distributed.get_rank()) + '.pt')",
     "$@summary_writer.close()",
-    "$dist.is_initialized() and dist.destroy_process_group()",
+    {"_target_": "pipelines.distributed.end_process_group"},
 ]}
 
 
@@ -107,7 +109,7 @@ def _network_def(bundle: Path) -> torch.nn.Module:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(bundle, "inference")])
     parser["bundle_root"] = str(bundle)
     return parser.get_parsed_content("network_def")
 

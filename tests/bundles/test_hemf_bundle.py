@@ -1,5 +1,6 @@
-"""The ISIC HEMF classification bundle: metadata, standard ids, train / evaluate / infer on tiny synthetic data,
-TensorBoard, the report files, and ``run training`` from another directory."""
+"""The ISIC HEMF classification bundle: train / evaluate / infer on tiny synthetic data, TensorBoard, the report files,
+and ``run training`` from another directory (its metadata, network shape and standard ids:
+``test_bundle_metadata.py``, with every bundle's)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 
+from pipelines.bundle import workflow_configs
 from tests.bundles.conftest import HEMF_BUNDLE, TINY_HEMF, TINY_HEMF_TRAIN  # noqa: F401
-from tests.conftest import REPO, load_schema
 
 
 @pytest.fixture(scope="module")
@@ -27,53 +27,6 @@ def isic_tiny(isic_cls_tiny) -> tuple[Path, list]:
 
 
 # trained_hemf_bundle: the session fixture of tests/conftest.py (shared with the export tests)
-
-
-def test_metadata_is_valid_against_both_schemas():
-    meta = json.loads((HEMF_BUNDLE / "configs" / "metadata.json").read_text())
-    jsonschema.validate(meta, load_schema("meta_schema_20240725.json"))
-    jsonschema.validate(meta, load_schema("meta_schema_20220324.json"))
-    assert meta["version"] in meta["changelog"]
-    requirements = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
-    assert meta["monai_version"] == requirements["monai"] and meta["pytorch_version"] == requirements["torch"]
-    assert meta["numpy_version"] == requirements["numpy"]
-    for key in ("required_packages_version", "optional_packages_version"):
-        for package, version in meta[key].items():
-            assert requirements[package] == version, f"metadata pins {package} {version}, requirements.txt differs"
-    assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values()) == \
-        json.loads((HEMF_BUNDLE / "configs" / "inference.json").read_text())["class_names"]
-    assert (HEMF_BUNDLE / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
-
-
-def test_network_def_gives_the_declared_output_channels():
-    meta = json.loads((HEMF_BUNDLE / "configs" / "metadata.json").read_text())
-    parser = ConfigParser()
-    parser.read_config(str(HEMF_BUNDLE / "configs" / "inference.json"))
-    parser.update({k: TINY_HEMF[k] for k in ("widths", "elf_depths", "egf_depths", "num_heads")})  # same topology
-    net = parser.get_parsed_content("network_def").eval()
-    fmt = meta["network_data_format"]
-    x = torch.zeros(2, fmt["inputs"]["image"]["num_channels"], 64, 64)  # "32*n" with n = 2
-    with torch.no_grad():
-        assert net(x).shape == (2, fmt["outputs"]["pred"]["num_channels"])
-
-
-@pytest.mark.parametrize("config, workflow_type", [("train.json", "train"), ("inference.json", "infer")])
-def test_standard_properties(config, workflow_type, tmp_path, isic_tiny):
-    dataset = isic_tiny[0] if workflow_type == "train" else isic_tiny[0] / "ISIC2018_Task3_Training_Input"
-    workflow = ConfigWorkflow(config_file=str(HEMF_BUNDLE / "configs" / config), workflow_type=workflow_type,
-                              meta_file=str(HEMF_BUNDLE / "configs" / "metadata.json"), bundle_root=str(tmp_path),
-                              dataset_dir=str(dataset), **{k: TINY_HEMF[k] for k in ("widths", "num_workers")})
-    workflow.initialize()
-    assert workflow.check_properties() in (None, [])
-    for key in ("bundle_root", "device", "dataset_dir", "output_dir", "network_def"):
-        assert key in workflow.parser
-    if workflow_type == "train":
-        for key in ("train#trainer", "train#trainer#max_epochs", "train#dataset", "validate#evaluator",
-                    "val_interval", "training", "initialize", "run", "finalize"):
-            assert key in workflow.parser
-    else:
-        for key in ("inferer", "evaluator"):
-            assert key in workflow.parser
 
 
 def test_training_writes_best_model_summary_and_tensorboard(trained_hemf_bundle):
@@ -126,7 +79,8 @@ def test_inference_on_a_folder_writes_a_predictions_csv(trained_hemf_bundle, isi
     for item in written[:5]:
         shutil.copy(item["path"], folder / item["path"].name)
     configs = trained_hemf_bundle / "configs"
-    workflow = ConfigWorkflow(config_file=str(configs / "inference.json"), workflow_type="infer",
+    workflow = ConfigWorkflow(config_file=[str(p) for p in workflow_configs(configs.parent, "inference")],
+                              workflow_type="infer",
                               bundle_root=str(trained_hemf_bundle), dataset_dir=str(folder),
                               output_dir=str(tmp_path / "out"))
     workflow.initialize()

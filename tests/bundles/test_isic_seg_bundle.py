@@ -1,4 +1,5 @@
-"""The ISIC FRCU-Net bundle: metadata, training, paper-style evaluation, PNG masks at each image's original size."""
+"""The ISIC FRCU-Net bundle: training, paper-style evaluation, PNG masks at each image's original size (its metadata,
+network shape and standard ids: ``test_bundle_metadata.py``, with every bundle's)."""
 
 from __future__ import annotations
 
@@ -7,36 +8,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 from PIL import Image
 
+from pipelines.bundle import workflow_configs
 from pipelines.inference import infer_volumes
-from tests.bundles.conftest import ISIC_BUNDLE, TINY_ISIC
-from tests.conftest import REPO, load_schema
-
-
-def test_metadata_is_valid_and_pins_the_requirements():
-    import jsonschema
-
-    meta = json.loads((ISIC_BUNDLE / "configs" / "metadata.json").read_text())
-    for name in ("meta_schema_20240725.json", "meta_schema_20220324.json"):
-        jsonschema.validate(meta, load_schema(name))
-    pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
-    for key in ("required_packages_version", "optional_packages_version"):
-        assert all(pins[p] == v for p, v in meta[key].items())
-
-
-def test_network_def_gives_the_declared_output_shape():
-    meta = json.loads((ISIC_BUNDLE / "configs" / "metadata.json").read_text())
-    parser = ConfigParser()
-    parser.read_config(str(ISIC_BUNDLE / "configs" / "inference.json"))
-    parser["network_def"].update({k: TINY_ISIC[k] for k in ("features", "freq_channels")})
-    net = parser.get_parsed_content("network_def").eval()
-    fmt = meta["network_data_format"]
-    x = torch.zeros(1, fmt["inputs"]["image"]["num_channels"], *fmt["inputs"]["image"]["spatial_shape"])
-    with torch.no_grad():
-        assert net(x).shape == (1, fmt["outputs"]["pred"]["num_channels"], *fmt["outputs"]["pred"]["spatial_shape"])
+from tests.bundles.conftest import TINY_ISIC
 
 
 def test_training_writes_best_model_and_tensorboard(trained_isic_bundle):
@@ -74,7 +51,8 @@ def test_evaluation_reports_paper_metrics_pooled_and_per_image(trained_isic_bund
 def test_inference_writes_png_masks_at_original_size(trained_isic_bundle, isic_tiny, tmp_path):
     root, written = isic_tiny
     configs = trained_isic_bundle / "configs"
-    workflow = ConfigWorkflow(config_file=str(configs / "inference.json"), workflow_type="infer",
+    workflow = ConfigWorkflow(config_file=[str(p) for p in workflow_configs(configs.parent, "inference")],
+                              workflow_type="infer",
                               bundle_root=str(trained_isic_bundle), dataset_dir=str(root), output_dir=str(tmp_path))
     workflow.initialize()
     workflow.run()

@@ -1,4 +1,5 @@
-"""The lung E-DU bundle: metadata, standard ids, train / evaluate / infer workflows, TensorBoard, resume, the CLI."""
+"""The lung E-DU bundle: train / evaluate / infer workflows, TensorBoard, resume, the CLI (its metadata, network shape
+and standard ids: ``test_bundle_metadata.py``, with every bundle's)."""
 
 from __future__ import annotations
 
@@ -7,58 +8,13 @@ import os
 import subprocess
 import sys
 
-import jsonschema
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from tests.conftest import LUNG_BUNDLE, REPO, load_schema
-
-
-def test_metadata_is_valid_against_both_schemas():
-    meta = json.loads((LUNG_BUNDLE / "configs" / "metadata.json").read_text())
-    assert meta["schema"].endswith("meta_schema_20240725.json")
-    jsonschema.validate(meta, load_schema("meta_schema_20240725.json"))
-    jsonschema.validate(meta, load_schema("meta_schema_20220324.json"))
-    assert meta["version"] in meta["changelog"]
-    assert meta["monai_version"] == "1.6.1" and meta["pytorch_version"] == "2.13.0"
-    requirements = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split()
-                        if "==" in line)
-    for package, version in meta["required_packages_version"].items():
-        assert requirements[package] == version, f"metadata pins {package} {version}, requirements.txt differs"
-
-
-def test_network_def_gives_the_declared_output_shape():
-    meta = json.loads((LUNG_BUNDLE / "configs" / "metadata.json").read_text())
-    parser = ConfigParser()
-    parser.read_config(str(LUNG_BUNDLE / "configs" / "inference.json"))
-    parser["network_def"]["features"] = [4, 8, 16, 32, 64]  # same topology, small enough for a CPU test
-    net = parser.get_parsed_content("network_def").eval()
-    fmt = meta["network_data_format"]
-    x = torch.zeros(1, fmt["inputs"]["image"]["num_channels"], *fmt["inputs"]["image"]["spatial_shape"])
-    with torch.no_grad():
-        y = net(x)
-    assert y.shape == (1, fmt["outputs"]["pred"]["num_channels"], *fmt["outputs"]["pred"]["spatial_shape"])
-
-
-@pytest.mark.parametrize("config, workflow_type", [("train.json", "train"), ("inference.json", "infer")])
-def test_standard_properties(config, workflow_type, tmp_path, luna16_tiny):
-    workflow = ConfigWorkflow(config_file=str(LUNG_BUNDLE / "configs" / config), workflow_type=workflow_type,
-                              meta_file=str(LUNG_BUNDLE / "configs" / "metadata.json"), bundle_root=str(tmp_path),
-                              dataset_dir=str(luna16_tiny[0]), num_workers=0)
-    workflow.initialize()
-    assert workflow.check_properties() in (None, [])
-    for key in ("bundle_root", "device", "dataset_dir", "output_dir", "network_def"):
-        assert key in workflow.parser
-    if workflow_type == "train":
-        for key in ("train#trainer", "train#trainer#max_epochs", "train#dataset", "validate#evaluator",
-                    "val_interval", "training", "initialize", "run", "finalize"):
-            assert key in workflow.parser
-    else:
-        for key in ("inferer", "evaluator"):
-            assert key in workflow.parser
+from pipelines.bundle import workflow_configs
 
 
 def test_training_writes_best_model_summary_and_tensorboard(trained_lung_bundle):
@@ -94,13 +50,15 @@ def test_evaluation_writes_per_case_metrics(trained_lung_bundle, luna16_tiny):
     workflow.finalize()
     rows = (out / "val_mean_dice_raw.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(scans)  # header + one row per scan
-    assert {"val_mean_dice", "val_hd95"} <= {line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()}
+    names = {line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()}
+    assert {"val_mean_dice", "val_hd95"} <= names
 
 
 def test_inference_workflow_output_overlays_its_input(trained_lung_bundle, luna16_tiny, tmp_path):
     root, scans = luna16_tiny
     configs = trained_lung_bundle / "configs"
-    workflow = ConfigWorkflow(config_file=str(configs / "inference.json"), workflow_type="infer",
+    workflow = ConfigWorkflow(config_file=[str(p) for p in workflow_configs(configs.parent, "inference")],
+                              workflow_type="infer",
                               bundle_root=str(trained_lung_bundle), dataset_dir=str(root), output_dir=str(tmp_path))
     workflow.initialize()
     workflow.run()
@@ -164,9 +122,9 @@ def test_two_process_training_with_torchrun_on_cpu(tiny_lung_bundle, luna16_tiny
     configs = bundle / "configs"
     # test-only: every rank saves its weights at the end, so the test can compare them
     (tmp_path / "ranks.json").write_text(json.dumps({"finalize": [
-        "$torch.save(@network.module.state_dict(), @bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
+        "$torch.save(@network.module.state_dict(), @bundle_root + '/rank' + str(torch.distributed.get_rank()) + '.pt')",
         "$@summary_writer.close()",
-        "$dist.is_initialized() and dist.destroy_process_group()",
+        {"_target_": "pipelines.distributed.end_process_group"},
     ]}))
     files = [str(configs / "train.json"), str(configs / "multi_gpu_train.json"), str(tmp_path / "ranks.json")]
     proc = subprocess.run(
@@ -193,7 +151,7 @@ def test_two_process_training_with_torchrun_on_cpu(tiny_lung_bundle, luna16_tiny
     # iteration statistics from rank 0 alone too: one line per iteration of its share of the data
     assert (proc.stdout + proc.stderr).count("Epoch: 2/2, Iter: ") == checkpoint["trainer"]["epoch_length"]
     parser = ConfigParser()  # the saved best model loads into a fresh network_def
-    parser.read_config(str(configs / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(configs.parent, "inference")])
     parser["bundle_root"] = str(bundle)
     parser.get_parsed_content("network_def").load_state_dict(
         torch.load(bundle / "models" / "model.pt", weights_only=True))
@@ -208,12 +166,12 @@ def test_network_swapped_by_a_config_override(tiny_lung_bundle, luna16_tiny, tmp
     root, scans = luna16_tiny
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_lung_bundle, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs", "cache"))
-    network = {"_target_": "networks.ResUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
-               "base_filters": 4}
+    network = {"_target_": "networks.KerasResUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+               "features": 4}
     workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
                               bundle_root=str(bundle), dataset_dir=str(root), network_def=network)
     workflow.initialize()
-    assert type(workflow.parser.get_parsed_content("network_def")).__name__ == "ResUNet"
+    assert type(workflow.parser.get_parsed_content("network_def")).__name__ == "KerasResUNet"
     workflow.run()
     workflow.finalize()
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)

@@ -1,6 +1,7 @@
-"""The SE-ESRGAN super-resolution bundles (2D ultrasound x4, 3D CT slice axis x2): metadata, shapes, two-phase GAN
-training, TensorBoard, resume from another directory, torchrun on CPU, evaluation reports, inference through the CLI
-with exact output geometry, and bad inputs."""
+"""The SE-ESRGAN super-resolution bundles (2D ultrasound x4, 3D CT slice axis x2): the network options by override,
+two-phase GAN training, TensorBoard, resume from another directory, torchrun on CPU, evaluation reports, inference
+through the CLI with exact output geometry, and bad inputs (their metadata, scaled output shape, network and standard
+ids: ``test_bundle_metadata.py``, with every bundle's)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -20,13 +20,12 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from pipelines.bundle import workflow_configs
 from tests.conftest import (
     CT_SR_BUNDLE,
-    REPO,
     SR_BUNDLES,
     TINY_SR,
     US_SR_BUNDLE,
-    load_schema,
 )
 
 US_BUNDLE, CT_BUNDLE = US_SR_BUNDLE, CT_SR_BUNDLE
@@ -81,65 +80,10 @@ def trained(trained_sr_bundles) -> dict[str, Path]:
     return trained_sr_bundles
 
 
-# ------------------------------------------------------------------------------------------------------------ metadata
-@pytest.mark.parametrize("name", sorted(BUNDLES))
-def test_metadata_is_valid_and_declares_scaled_output(name):
-    bundle = BUNDLES[name]
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert meta["schema"].endswith("meta_schema_20240725.json")
-    jsonschema.validate(meta, load_schema("meta_schema_20240725.json"))
-    jsonschema.validate(meta, load_schema("meta_schema_20220324.json"))
-    assert meta["version"] in meta["changelog"]
-    requirements = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
-    for package, version in meta["required_packages_version"].items():
-        assert requirements[package] == version
-    lung_license = REPO / "bundles" / "lung_nodule_ct_edu_segmentation" / "LICENSE"
-    assert (bundle / "LICENSE").read_text() == lung_license.read_text()
-    for file in ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "logging.conf"):
-        assert (bundle / "configs" / file).is_file()
-    assert (bundle / "docs" / "README.md").is_file()
-    # output spatial = input spatial x scale, and the input is the inference window
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    scale = parser.get_parsed_content("scale")
-    fmt = meta["network_data_format"]
-    dims = len(fmt["inputs"]["image"]["spatial_shape"])
-    factors = [scale] * dims if isinstance(scale, int) else list(scale)
-    assert fmt["inputs"]["image"]["spatial_shape"] == list(parser.get_parsed_content("roi_size"))
-    assert fmt["outputs"]["pred"]["spatial_shape"] == [s * f for s, f in
-                                                       zip(fmt["inputs"]["image"]["spatial_shape"], factors)]
-
-
-@pytest.mark.parametrize("name", sorted(BUNDLES))
-def test_network_def_gives_the_declared_output_shape(name):
-    bundle = BUNDLES[name]
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    for config in ("inference.json", "train.json"):
-        parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / config))
-        parser.update({"nf": 8, "gc": 8, "nb": 1})  # same topology (SE, pixel shuffle), small enough for a CPU test
-        net = parser.get_parsed_content("network_def").eval()
-        assert type(net).__name__ == "RRDBNet" and isinstance(net.se, torch.nn.Module)
-        assert type(net.se).__name__ == "SqueezeExcitation"
-        fmt = meta["network_data_format"]
-        x = torch.zeros(1, fmt["inputs"]["image"]["num_channels"], *fmt["inputs"]["image"]["spatial_shape"])
-        with torch.no_grad():
-            y = net(x)
-        assert y.shape == (1, fmt["outputs"]["pred"]["num_channels"], *fmt["outputs"]["pred"]["spatial_shape"])
-    # the GPU-sized 2D default is the Uneshance SE-ESRGAN generator (1 channel in and out)
-    if name == "us":
-        parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / "train.json"))
-        net = parser.get_parsed_content("network_def")
-        from networks.esrgan import se_esrgan
-
-        reference = se_esrgan(2, 1, 1, scale=4)
-        assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters())
-
-
+# ------------------------------------------------------------------------------------------------------------- network
 def test_plain_esrgan_and_ct_x4_by_override():
     parser = ConfigParser()
-    parser.read_config(str(US_BUNDLE / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(US_BUNDLE, "inference")])
     parser.update({"nf": 8, "gc": 8, "nb": 1, "se": False})
     net = parser.get_parsed_content("network_def")
     assert isinstance(net.se, torch.nn.Identity)
@@ -147,7 +91,7 @@ def test_plain_esrgan_and_ct_x4_by_override():
     parser.update({"interpolation_skip": None})
     assert parser.get_parsed_content("network_def", lazy=False).interpolation_skip is None
     parser = ConfigParser()
-    parser.read_config(str(CT_BUNDLE / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(CT_BUNDLE, "inference")])
     parser.update({"nf": 8, "gc": 8, "nb": 1, "scale": [1, 1, 4]})
     net = parser.get_parsed_content("network_def")
     assert net.interpolation_skip == "trilinear"
@@ -227,9 +171,9 @@ def test_two_process_gan_training_with_torchrun_on_cpu(tiny_bundles, data, name,
     # test-only: every rank saves both networks at the end, so the test can compare them
     (tmp_path / "ranks.json").write_text(json.dumps({"finalize": [
         "$torch.save({'g': @network.module.state_dict(), 'd': dict(@discriminator.module.named_parameters())}, "
-        "@bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
+        "@bundle_root + '/rank' + str(torch.distributed.get_rank()) + '.pt')",
         "$@summary_writer.close()",
-        "$dist.is_initialized() and dist.destroy_process_group()",
+        {"_target_": "pipelines.distributed.end_process_group"},
     ]}))
     files = [str(configs / "train.json"), str(configs / "multi_gpu_train.json"), str(tmp_path / "ranks.json")]
     proc = subprocess.run(
@@ -261,7 +205,7 @@ def test_two_process_gan_training_with_torchrun_on_cpu(tiny_bundles, data, name,
     final = torch.load(bundle / "models" / "model_final.pt", weights_only=True)
     assert final.keys() == rank0["g"].keys() and all(torch.equal(final[k], rank0["g"][k]) for k in final)
     parser = ConfigParser()
-    parser.read_config(str(configs / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(configs.parent, "inference")])
     parser["bundle_root"] = str(bundle)
     parser.get_parsed_content("network_def").load_state_dict(
         torch.load(bundle / "models" / "model.pt", weights_only=True))
@@ -304,7 +248,8 @@ def test_inference_workflow_writes_every_input(trained, data, name, tmp_path):
     """``monai.bundle run --config_file inference.json``: every image / scan of ``dataset_dir`` into ``output_dir``."""
     bundle = trained[name]
     root, cases = data[name]
-    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "inference.json"), workflow_type="infer",
+    workflow = ConfigWorkflow(config_file=[str(p) for p in workflow_configs(bundle, "inference")],
+                              workflow_type="infer",
                               meta_file=str(bundle / "configs" / "metadata.json"), bundle_root=str(bundle),
                               dataset_dir=str(root), output_dir=str(tmp_path))
     workflow.initialize()

@@ -1,5 +1,5 @@
-"""Classification data: stratified splits, the ISIC 2018 and class-per-folder layouts, their synthetic writers, bad inputs,
-the transforms preset and the optimiser schedule."""
+"""Classification data: stratified splits, the ISIC 2018 and class-per-folder layouts, their synthetic writers, bad
+inputs, the transforms preset and the optimiser schedule."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ def test_synth_luna16_command(tmp_path, capsys):
     assert main(["synth", "luna16", "--out", str(out), "--cases", "2", "--seed", "5", "--fov-mm", "40",
                  "--length-mm", "24"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith(f"synth luna16: wrote 2 scans with ") and str(out) in printed
+    assert printed.startswith("synth luna16: wrote 2 scans with ") and str(out) in printed
     assert len(list(out.glob("subset*/*.mhd"))) == 2 and len(list(out.glob("subset*/*.raw"))) == 2
     with (out / "annotations.csv").open() as f:
         assert len(list(csv.DictReader(f))) >= 2

@@ -59,3 +59,32 @@ def test_a_target_outside_the_trusted_namespaces_is_reported(tmp_path: Path):
     findings = code_findings(tmp_path)
     assert findings == ["configs/inference.json: a: runs code: _target_ 'os.system'",
                         "configs/inference.json: run#0: runs code: $os.system('x') (calls os.system)"]
+
+
+def _expressions_of(node, where=""):
+    """``(id, expression)`` of every ``$`` string of a config, found by walking the JSON (not by the code under
+    test)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _expressions_of(value, f"{where}#{key}" if where else key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _expressions_of(value, f"{where}#{i}")
+    elif isinstance(node, str) and node.startswith("$"):
+        yield where, node
+
+
+SHIPPED_CONFIGS = sorted((REPO / "bundles").glob("*/configs/*.json"))
+
+
+@pytest.mark.parametrize("config", SHIPPED_CONFIGS, ids=lambda p: f"{p.parents[1].name}/{p.name}")
+def test_shipped_configs_only_wire_project_code(config):
+    """Issue 15 item 1: project code is reached only through ``_target_`` components; what is left as ``$`` Python is
+    short and names neither ``pipelines`` nor ``networks`` (no call, no attribute, no import)."""
+    expressions = list(_expressions_of(json.loads(config.read_text())))
+    longest = max(expressions, key=lambda e: len(e[1]), default=("", ""))
+    assert len(longest[1]) <= 60, f"{longest[0]}: {len(longest[1])} characters: {longest[1]}"
+    import re
+
+    project = re.compile(r"(?<![\w.])(pipelines|networks)\b")
+    assert [e for e in expressions if project.search(e[1])] == []

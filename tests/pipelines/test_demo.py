@@ -72,8 +72,9 @@ def dataset(tmp_path):
 
 def test_found_needs_a_centroid_inside_and_false_positives_are_counted(dataset):
     """N1 found, N2 (touched only) and scan C's nodule missed: 1 of 3. False positives: the touching bar and the far
-    block in A, the corner-joined cubes in B: 3 on the 2 scans with a prediction. Were any touching voxel enough, N2 would be found
-    (2/3); were the direction matrix ignored (or transposed), A's centroids would land elsewhere and find nothing."""
+    block in A, the corner-joined cubes in B: 3 on the 2 scans with a prediction. Were any touching voxel enough, N2
+    would be found (2/3); were the direction matrix ignored (or transposed), A's centroids would land elsewhere and find
+    nothing."""
     detection = nodule_detection(*dataset)
     assert detection == Detection(found=1, total=3, false_positives=3, scans=2)
     assert detection.false_positives_per_scan == 1.5

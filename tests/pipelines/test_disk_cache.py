@@ -123,7 +123,7 @@ def test_memory_mapped_patches_equal_in_ram_patches_and_cache_dataset(items, tmp
     in_ram = DiskCacheDataset(items, chain(), tmp_path, cache_memory_gb=64)
     reference = CacheDataset(items, chain(), cache_rate=1.0, progress=False)
     assert not any(mapped.in_ram(i) for i in range(len(items))) and all(in_ram.in_ram(i) for i in range(len(items)))
-    for epoch in range(2):
+    for _epoch in range(2):
         for i in range(len(items)):
             a, b, c = mapped[i], in_ram[i], reference[i]
             _same(a, b)

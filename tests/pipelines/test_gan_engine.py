@@ -21,10 +21,10 @@ from pipelines.engines import (
     SuperResolutionEvaluator,
     SuperResolutionTrainer,
     TensorBoardTriplets,
-    load_generator_weights,
 )
 from pipelines.engines.gan import loss_output_transform
 from pipelines.engines.handlers import triplet_panel
+from pipelines.io.weights import load_weights
 from pipelines.losses import GeneratorLoss
 
 
@@ -53,13 +53,13 @@ def smooth_pairs(n: int, hr_shape: tuple[int, ...], scale: tuple[int, ...], seed
 
 def tiny_generator(dims: int, scale, seed: int = 0) -> RRDBNet:
     torch.manual_seed(seed)
-    return RRDBNet(dims, 1, 1, nf=8, gc=4, nb=1, scale=scale)
+    return RRDBNet(dims, 1, 1, features=8, growth_channels=4, num_blocks=1, scale=scale)
 
 
 def tiny_discriminator(dims: int, head: str, hr_shape, seed: int = 0) -> VGGStyleDiscriminator:
     torch.manual_seed(seed + 1)
     return VGGStyleDiscriminator(
-        dims, 1, in_shape=hr_shape if head == "fc" else None, base_features=4, channel_mults=(1, 2), head=head,
+        dims, 1, in_shape=hr_shape if head == "fc" else None, features=4, channel_mults=(1, 2), head=head,
         fc_hidden=8,
     )
 
@@ -192,10 +192,10 @@ def test_pretrained_generator_is_loaded_from_a_local_file_only(tmp_path):
     torch.save({"generator": source.state_dict()}, path)
     trainer = make_trainer(dims=2, pretrain_epochs=0, max_epochs=1, pretrained_generator=str(path))
     assert states_equal(source.state_dict(), trainer.generator.state_dict())
-    with pytest.raises(FileNotFoundError):
-        load_generator_weights(tiny_generator(2, 2), "https://example.org/g.pt")
-    with pytest.raises(FileNotFoundError):
-        load_generator_weights(tiny_generator(2, 2), tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="not a URL; nothing is downloaded"):
+        load_weights(tiny_generator(2, 2), "https://example.org/g.pt")
+    with pytest.raises(FileNotFoundError, match="trained weights not found"):
+        make_trainer(dims=2, pretrain_epochs=0, max_epochs=1, pretrained_generator=str(tmp_path / "missing.pt"))
 
 
 def test_resume_continues_at_epoch_3_and_matches_an_uninterrupted_run(tmp_path):

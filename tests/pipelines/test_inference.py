@@ -12,10 +12,10 @@ import numpy as np
 import pydicom.data
 import pytest
 import SimpleITK as sitk
-import torch
 
 from pipelines.data.volumes import list_volumes, volume_name
-from pipelines.inference import BundleInferer, ChannelsLast, infer_volumes
+from pipelines.inference import BundleInferer, infer_volumes
+from pipelines.inferers import ChannelsLast
 
 DICOM_SERIES = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 
@@ -111,37 +111,6 @@ def test_list_volumes(inputs, luna16_tiny):
     empty.mkdir(exist_ok=True)
     with pytest.raises(ValueError, match="no volumes found"):
         list_volumes(empty)
-
-
-def test_mirror_tta_is_the_mean_over_flips():
-    import torch
-
-    from pipelines.inference import MirrorTTA
-
-    torch.manual_seed(0)
-    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
-    x = torch.randn(1, 1, 6, 7, 8)
-    with torch.no_grad():
-        expected = (net(x) + net(x.flip(2)).flip(2)) / 2
-        assert torch.allclose(MirrorTTA(net, axes=(0,))(x), expected, atol=1e-6)
-        pointwise = torch.nn.Conv3d(1, 2, 1).eval()  # flip-equivariant: TTA changes nothing
-        assert torch.allclose(MirrorTTA(pointwise)(x), pointwise(x), atol=1e-6)
-
-
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_channels_last_wrapper_gives_the_same_output_in_the_standard_layout(spatial_dims):
-    conv = torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d
-    net = torch.nn.Sequential(conv(2, 4, 3, padding=1), torch.nn.ReLU(), conv(4, 3, 1)).eval()
-    x = torch.randn(2, 2, *(6, 7, 5)[:spatial_dims])
-    with torch.no_grad():
-        expected = net(x)
-        wrapped = ChannelsLast(net, spatial_dims)
-        fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
-        assert wrapped.network[0].weight.is_contiguous(memory_format=fmt)
-        y = wrapped(x)
-    assert y.is_contiguous() and torch.allclose(y, expected, atol=1e-5)
-    with pytest.raises(ValueError, match="2 or 3 spatial dimensions, got 1"):
-        ChannelsLast(net, 1)
 
 
 def test_channels_last_is_on_for_the_fast_path_only(trained_lung_bundle, tmp_path):

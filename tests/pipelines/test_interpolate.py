@@ -13,12 +13,13 @@ import torch
 
 from networks import RRDBNet
 from pipelines.__main__ import main
-from pipelines.interpolate import interpolate_files, interpolate_state_dicts, read_state_dict
+from pipelines.interpolate import interpolate_files, interpolate_state_dicts
+from pipelines.io.weights import read_state_dict
 
 
 def _generator(seed: int) -> RRDBNet:
     torch.manual_seed(seed)
-    return RRDBNet(2, 1, 1, nf=8, gc=4, nb=1, scale=2)
+    return RRDBNet(2, 1, 1, features=8, growth_channels=4, num_blocks=1, scale=2)
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -132,5 +133,5 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     missing = tmp_path / "missing.pt"
     assert main(["interpolate", str(missing), str(tmp_path / "psnr.pt"), "--alpha", "0.5",
                  "--out", str(tmp_path / "o.pt")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: interpolate: {missing}: no such file"
+    assert capsys.readouterr().err.strip() == f"error: interpolate: {missing}: trained weights not found"
     assert not (tmp_path / "o.pt").exists()

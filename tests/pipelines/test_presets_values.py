@@ -95,8 +95,9 @@ def test_ct_preset_window_orientation_and_body_crop(tmp_path):
 # Resampled to 1 mm: shape ((9-1) * 0.5 + 1, 6, (4-1) * 3 + 1) = (5, 6, 10), first voxel centre kept, so new
 # (i, j, k) sits at oriented (2i, j, k/3). The image is linear in the oriented indices, HU = -300 + 10 x' + 200 z'
 # (-300..380: inside the window and above the body threshold, so nothing is cropped or clipped), and trilinear
-# interpolation of a linear field is exact: v(i, k) = (700 + 20 i + 200 k / 3) / 1400. A one-voxel label at ITK (4, 2, 2) = oriented (4, 3, 2)
-# -> new i = 2, j = 3; nearest along z takes k with round(k / 3) = 2: k = 5, 6, 7 (bilinear would give 1/3, 2/3).
+# interpolation of a linear field is exact: v(i, k) = (700 + 20 i + 200 k / 3) / 1400. A one-voxel label at ITK
+# (4, 2, 2) = oriented (4, 3, 2) -> new i = 2, j = 3; nearest along z takes k with round(k / 3) = 2: k = 5, 6, 7
+# (bilinear would give 1/3, 2/3).
 CT_B = dict(spacing=(0.5, 1.0, 3.0), origin=(0.0, 0.0, 0.0))
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
+from pipelines.bundle import workflow_configs
 from pipelines.engines.progress import QUIET_ENV, ProgressBars, quiet_requested, show_progress
 
 REPO = Path(__file__).resolve().parents[2]
@@ -180,19 +181,22 @@ def test_every_bundle_wires_the_decision(bundle, monkeypatch):
         assert handler.epoch_log is True
         assert parser.get_parsed_content("train#handlers#0").enabled is shown
 
-    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    inference = ConfigParser.load_config_files([str(p) for p in workflow_configs(bundle, "inference")])
     if "SlidingWindow" in json.dumps(inference["inferer"]) or "sr_inferer" in json.dumps(inference["inferer"]):
         if inference["inferer"].get("progress") is not None:
             assert inference["inferer"]["progress"] == "@show_progress"
             parser = ConfigParser()
-            parser.read_config(str(bundle / "configs" / "inference.json"))
+            parser.read_config([str(p) for p in workflow_configs(bundle, "inference")])
             parser.update({"bundle_root": str(bundle), "show_progress": True})
             assert parser.get_parsed_content("inferer").progress is True
 
 
 def test_the_volume_bundles_show_their_sliding_window():
+    from monai.bundle import ConfigParser
+
     for name in ("lung_nodule_ct_edu_segmentation", "brats_mri_frcunet_segmentation", "ct_se_esrgan_superresolution"):
-        inference = json.loads((REPO / "bundles" / name / "configs" / "inference.json").read_text())
+        inference = ConfigParser.load_config_files([str(p) for p in workflow_configs(REPO / "bundles" / name,
+                                                                                     "inference")])
         assert inference["inferer"]["progress"] == "@show_progress", name
         assert inference["show_progress"]["_target_"] == "pipelines.engines.progress.show_progress"
 
@@ -204,7 +208,7 @@ def random_weights(tiny_lung_bundle, tmp_path_factory) -> Path:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(tiny_lung_bundle / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(tiny_lung_bundle, "inference")])
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "model.pt"
     torch.save(parser.get_parsed_content("network_def").state_dict(), path)
@@ -288,7 +292,8 @@ def test_preprocessing_shows_a_bar_on_a_terminal_and_lines_elsewhere(luna16_tiny
 
 
 def test_a_command_line_false_switches_the_bars_off():
-    """``--show_progress false`` reaches the handler as the string "false" (fire), which ``bool`` would take for true."""
+    """``--show_progress false`` reaches the handler as the string "false" (fire), which ``bool`` would take for
+    true."""
     assert ProgressBars(enabled="false").enabled is False
     assert ProgressBars(enabled="True").enabled is True
     with pytest.raises(ValueError, match=r"^progress bars: enabled must be true or false, got 'maybe'$"):

@@ -344,7 +344,8 @@ def test_patch_inference_of_rrdbnet_is_seamless(interpolation_skip):
     from networks.esrgan import RRDBNet
 
     torch.manual_seed(0)
-    net = RRDBNet(2, 1, 1, nf=8, gc=4, nb=1, scale=4, interpolation_skip=interpolation_skip).eval()
+    net = RRDBNet(2, 1, 1, features=8, growth_channels=4, num_blocks=1, scale=4,
+                  interpolation_skip=interpolation_skip).eval()
     x = torch.rand(1, 1, 40, 36, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         whole = net(x)

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 
+from pipelines.bundle import workflow_configs
 from tests.conftest import CT_SR_BUNDLE, LUNG_BUNDLE, TINY_LUNG, TINY_LUNG_TRAIN, TINY_SR, evaluate_bundle
 
 
@@ -33,7 +34,7 @@ def _with_random_weights(src: Path, dst: Path, overrides: dict, train_overrides:
 
     bundle = derive_bundle(src, dst, overrides, train_overrides)
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(bundle, "inference")])
     torch.manual_seed(0)
     state = parser.get_parsed_content("network_def").state_dict()
     if edit is not None:
@@ -124,7 +125,7 @@ def test_bone_at_1500_hu_comes_out_near_1500_hu_through_the_ct_sr_bundle(ct_sr_b
     from pipelines.transforms.sr import WindowPassthroughInferer
 
     parser = ConfigParser()
-    parser.read_config(str(ct_sr_bundle / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(ct_sr_bundle, "inference")])
     inferer = parser.get_parsed_content("inferer")  # the network sees the window it was trained on
     assert isinstance(inferer, WindowPassthroughInferer) and inferer.passthrough_window == (0.0, 1.0)
     hu = np.full((24, 24, 8), -1000, dtype=np.int16)

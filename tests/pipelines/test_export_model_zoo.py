@@ -43,7 +43,7 @@ def _derive(dst: Path, network_overrides: dict | None = None) -> Path:
 
     bundle = derive_bundle(LUNG_BUNDLE, dst, TINY_LUNG, TINY_LUNG_TRAIN)
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "inference.json")])
     parser.update(dict(network_overrides or {}))
     torch.manual_seed(0)
     (bundle / "models").mkdir()
@@ -191,14 +191,30 @@ def test_a_bundle_trained_with_overrides_exports_with_the_same_overrides(tmp_pat
     with pytest.raises(ExportError) as refused:
         export_bundle(bundle, tmp_path / "refused.zip", torchscript=False)
     message = str(refused.value)
-    assert message.startswith(f"{weights}: does not fit network_def of {bundle / 'configs' / 'inference.json'}")
-    assert "size mismatch" in message and "--set" in message and ".export-" not in message
+    # one line naming the user's weights and the first of its tensors whose shape differs from the configured
+    # network's (both computed here from the state dicts), then how to export it
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "inference.json")])
+    configured = parser.get_parsed_content("network_def").state_dict()
+    trained = torch.load(weights, weights_only=True)
+    key = next(k for k in trained if trained[k].shape != configured[k].shape)
+
+    def shape(t):
+        return "(" + ", ".join(map(str, t.shape)) + ")"
+
+    assert message.startswith(f"{weights}: does not fit the network: {key!r} is {shape(trained[key])} in the file, "
+                              f"{shape(configured[key])} in the network"), message
+    assert "\n" not in message and ".export-" not in message
+    assert "--set" in message
     assert not (tmp_path / "refused.zip").exists()
 
     (bundle / "configs" / "sizes.json").write_text(json.dumps({"features": TINY_LUNG["features"]}))  # no code in it
     out = export_bundle(bundle, tmp_path / "lung.zip", torchscript=False, overrides={"features": wide})
-    for config in ("train.json", "inference.json", "sizes.json"):
+    for config in ("train.json", "sizes.json"):  # written where the setting is; inference.json overlays train.json
         assert json.loads(_member(out, f"configs/{config}"))["features"] == wide, config
+    assert "features" not in json.loads(_member(out, "configs/inference.json"))
     assert json.loads(_member(out, "manifest.json"))["overrides"] == {"features": wide}
     from pipelines.verify import verify_bundle
 
@@ -212,7 +228,7 @@ def test_errors_name_the_users_files(tmp_path):
     bundle = _derive(tmp_path / "lung")
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": torch.nn.Linear(1, 1)}, pickled)  # a pickle of a module: not plain tensors
-    with pytest.raises(ExportError, match=rf"^{pickled}: cannot be read as plain tensors"):
+    with pytest.raises(ExportError, match=rf"^{pickled}: not a plain weights file"):
         export_bundle(bundle, tmp_path / "a.zip", weights=pickled, torchscript=False)
     (bundle / "configs" / "train.json").write_text("{ not json")
     with pytest.raises(ExportError, match=rf"^{bundle / 'configs' / 'train.json'}: cannot be read as JSON"):

@@ -23,7 +23,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipelines.export import MANIFEST, bundle_config, export_bundle, manifest_files
+from pipelines.bundle import workflow_configs
+from pipelines.export import MANIFEST, ExportError, bundle_config, export_bundle, manifest_files
 from pipelines.verify import verify_bundle
 from tests.conftest import REPO
 
@@ -31,7 +32,8 @@ NAME = "lung_nodule_ct_edu_segmentation"
 
 # Runs ``python -m monai.bundle <argv>`` after making this repository unimportable (its editable-install finder and
 # any sys.path entry of the repository removed, checked), then ``monai.bundle.load`` of the same bundle with
-# downloads made impossible; prints where ``pipelines`` and ``networks`` were imported from.
+# downloads made impossible (``workflow_type="train"``: network_def is defined once, in train.json, which
+# inference.json overlays); prints where ``pipelines`` and ``networks`` were imported from.
 CHILD = r"""
 import importlib.util, json, os, runpy, sys
 repo, bundle, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -51,7 +53,7 @@ monai.bundle.scripts.download = no_download
 name, parent = os.path.basename(bundle), os.path.dirname(bundle)
 with open("load_args.json", "w") as f:
     json.dump({"bundle_root": bundle}, f)
-net = monai.bundle.load(name, bundle_dir=parent, workflow_type="inference", device="cpu",
+net = monai.bundle.load(name, bundle_dir=parent, workflow_type="train", device="cpu",
                         args_file="load_args.json").eval()
 record = json.load(open(os.path.join(bundle, "manifest.json")))["torchscript"]
 if record["kind"] == "export":
@@ -138,10 +140,12 @@ def test_export_writes_a_complete_zip_with_manifest(exported, trained_lung_bundl
     shipped = torch.load(io.BytesIO(files["models/model.pt"]), weights_only=True)
     assert trained.keys() == shipped.keys() and all(torch.equal(trained[k], shipped[k]) for k in trained)
 
-    inference = json.loads(files["configs/inference.json"])
-    assert inference["network_def"]["_target_"] == "networks.EDU"  # targets unchanged, the code ships beside them
-    assert inference["network_def"]["_requires_"] == "@bundle_code"
-    assert "$from pipelines" not in json.dumps(inference)
+    train, inference = (json.loads(files[f"configs/{name}.json"]) for name in ("train", "inference"))
+    assert train["network_def"]["_target_"] == "networks.EDU"  # targets unchanged, the code ships beside them
+    assert train["network_def"]["_requires_"] == "@bundle_code" and train["bundle_code"].startswith("$")
+    assert "network_def" not in inference  # the overlay: one source per setting
+    assert inference["preprocessing"]["_requires_"] == "@bundle_code"
+    assert all("$from pipelines" not in files[n].decode() for n in files if n.startswith("configs/"))
 
 
 def test_export_needs_trained_weights_unless_allowed(trained_lung_bundle, tmp_path):
@@ -188,24 +192,32 @@ def test_scriptable_network_gives_torchscript_that_monai_loads(trained_lung_bund
         assert torch.allclose(scripted(x), eager(x), atol=1e-5)
 
 
-def test_config_rewrite_imports_project_code_after_bundle_root():
+def test_config_export_is_json_wiring_only():
+    """Components that name project code (their ``_target_`` or an argument) require ``@bundle_code``, which puts the
+    bundle root on ``sys.path``; nothing else changes, and project code inside a ``$`` expression is refused."""
     config = {
-        "imports": ["$import os", "$from pipelines.data.volumes import list_volumes as lv"],
+        "imports": ["$import os"],
         "bundle_root": ".",
-        "datalist": "$lv(@dataset_dir) + [x.lv for x in []] + [dict(lv=1)]",
-        "net": {"_target_": "networks.EDU", "spatial_dims": 3},
+        "datalist": {"_target_": "pipelines.data.volumes.list_volumes", "root": "@dataset_dir"},
+        "net": {"_target_": "networks.EDU", "spatial_dims": 3, "_requires_": "@other"},
         "saver": {"_target_": "SaveImaged", "writer": "pipelines.io.AtomicNibabelWriter"},
         "other": {"_target_": "Compose", "transforms": []},
+        "expression": "$[x.pipelines for x in []] + [dict(networks=1)]",
     }
     out, changed = bundle_config(config)
     assert changed
     assert out["imports"] == ["$import os", "$import sys"]
-    assert out["bundle_code_lv"] == {"_target_": "pipelines.data.volumes.list_volumes", "_mode_": "callable",
-                                     "_requires_": "@bundle_code"}
-    assert out["datalist"] == "$@bundle_code_lv(@dataset_dir) + [x.lv for x in []] + [dict(lv=1)]"
-    assert out["net"]["_requires_"] == out["saver"]["_requires_"] == "@bundle_code"
-    assert "_requires_" not in out["other"]
+    assert out["datalist"] == {**config["datalist"], "_requires_": "@bundle_code"}
+    assert out["net"]["_requires_"] == ["@other", "@bundle_code"] and out["saver"]["_requires_"] == "@bundle_code"
+    assert out["other"] == config["other"] and out["expression"] == config["expression"]
+    assert {k for k in out if k not in config} == {"bundle_code"}
     assert bundle_config({"x": "$torch.zeros(1)"}) == ({"x": "$torch.zeros(1)"}, False)
+    overlay, _ = bundle_config({"preprocessing": {"_target_": "pipelines.transforms.ct.ct_infer_transforms"}})
+    assert overlay["+imports"] == ["$import os", "$import sys"]  # merged into the base config's imports
+    for inline in ("$from pipelines.data.volumes import list_volumes", "$pipelines.data.volumes.list_volumes('.')",
+                   "$import networks"):
+        with pytest.raises(ExportError, match=r"^configs/x.json: datalist: \$.*: project code in a \$ expression"):
+            bundle_config({"datalist": inline}, "configs/x.json")
 
 
 def test_exported_bundle_runs_and_loads_without_the_repository(exported, luna16_tiny, tmp_path):
@@ -215,8 +227,9 @@ def test_exported_bundle_runs_and_loads_without_the_repository(exported, luna16_
     bundle = tmp_path / "unzipped" / NAME
     elsewhere, out = tmp_path / "elsewhere", tmp_path / "predictions"
     elsewhere.mkdir()
+    configs = json.dumps([str(p) for p in workflow_configs(bundle, "inference")])  # the README's inference command
     command = [sys.executable, "-I", "-c", CHILD, str(REPO.resolve()), str(bundle),
-               "run", "--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+               "run", "--config_file", configs, "--bundle_root", str(bundle),
                "--dataset_dir", str(root), "--output_dir", str(out)]
     proc = subprocess.run(command, cwd=elsewhere, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -294,7 +307,7 @@ def test_verify_reports_output_shape_mismatch(unzipped):
     _edit_json(unzipped / "configs" / "metadata.json", three_channels)
     _rehash(unzipped)
     assert verify_bundle(unzipped) == [
-        "configs/inference.json: network_def maps input (1, 1, 32, 32, 16) to (1, 2, 32, 32, 16), but "
+        "configs/train.json: network_def maps input (1, 1, 32, 32, 16) to (1, 2, 32, 32, 16), but "
         "configs/metadata.json declares output (1, 3, 32, 32, 16)"]
 
 
@@ -387,12 +400,12 @@ EVERY_BUNDLE = {
 
 
 def _eager_network(bundle: Path) -> torch.nn.Module:
-    """``network_def`` of the trained bundle's own (not exported) inference.json with its models/model.pt, built by
-    MONAI's ConfigParser here rather than by the export code."""
+    """``network_def`` of the trained bundle's own (not exported) inference workflow with its models/model.pt, built
+    by MONAI's ConfigParser here rather than by the export code."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in workflow_configs(bundle, "inference")])
     parser["bundle_root"] = str(bundle)
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))

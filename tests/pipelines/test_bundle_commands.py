@@ -79,12 +79,18 @@ def monai_bundle(*argv: str) -> None:
         sys.argv = saved
 
 
+def inference_configs(bundle: Path) -> list[str]:
+    """The inference workflow's configs, ``train.json`` then the ``inference.json`` overlay (``network_def`` is
+    defined once, in ``train.json``)."""
+    return [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "inference.json")]
+
+
 def eager_network(bundle: Path) -> torch.nn.Module:
-    """The bundle's ``network_def`` (``inference.json``) with its ``models/model.pt``, in eval mode."""
+    """The bundle's ``network_def`` (the inference workflow's) with its ``models/model.pt``, in eval mode."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_config(inference_configs(bundle))
     parser["bundle_root"] = str(bundle)
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
@@ -109,7 +115,7 @@ def assert_equals_eager(run, net: torch.nn.Module, shapes: list[tuple[int, ...]]
 @pytest.fixture(scope="module")
 def random_bundles(request, tmp_path_factory) -> dict[str, Path]:
     """Copies of the six untrained tiny bundles, each with seeded random weights of its ``network_def`` in
-    ``models/model.pt`` (built from ``inference.json``, as ``ckpt_export`` builds it)."""
+    ``models/model.pt`` (built from the inference workflow's configs, as ``ckpt_export`` builds it)."""
     from monai.bundle import ConfigParser
 
     root = tmp_path_factory.mktemp("bundle_commands")
@@ -120,7 +126,7 @@ def random_bundles(request, tmp_path_factory) -> dict[str, Path]:
             tiny = tiny["us" if name.startswith("ultrasound") else "ct"]
         bundle = Path(shutil.copytree(tiny, root / name, ignore=shutil.ignore_patterns("models", "eval", "logs")))
         parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / "inference.json"))
+        parser.read_config(inference_configs(bundle))
         torch.manual_seed(0)
         (bundle / "models").mkdir()
         torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
@@ -130,8 +136,9 @@ def random_bundles(request, tmp_path_factory) -> dict[str, Path]:
 
 def _export_args(bundle: Path) -> list[str]:
     """The arguments the README's export commands give (``$B/...``, from whatever folder the test runs in)."""
+    configs = "[" + ",".join(f"'{p}'" for p in inference_configs(bundle)) + "]"  # "['$B/configs/train.json',...]"
     return ["network_def", "--ckpt_file", str(bundle / "models" / "model.pt"), "--meta_file",
-            str(bundle / "configs" / "metadata.json"), "--config_file", str(bundle / "configs" / "inference.json")]
+            str(bundle / "configs" / "metadata.json"), "--config_file", configs]
 
 
 # ------------------------------------------------------------------------------------------------------- ckpt_export
@@ -145,9 +152,10 @@ def test_ckpt_export_default_mode_equals_eager(name, random_bundles, tmp_path):
     bundle = random_bundles[name]
     target = tmp_path / "model.ts"
     monai_bundle("ckpt_export", *_export_args(bundle), "--filepath", str(target))
-    extra = {"metadata.json": "", "inference.json": ""}
+    extra = {"metadata.json": "", "train.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(target), _extra_files=extra)
-    assert json.loads(extra["inference.json"]) == json.loads((bundle / "configs" / "inference.json").read_text())
+    for config in ("train.json", "inference.json"):
+        assert json.loads(extra[config]) == json.loads((bundle / "configs" / config).read_text())
     assert json.loads(extra["metadata.json"])["name"] == json.loads(
         (bundle / "configs" / "metadata.json").read_text())["name"]
     net = eager_network(bundle)
@@ -281,7 +289,9 @@ def test_verify_metadata_names_what_is_wrong(no_download, tmp_path):
 MLFLOW_ADDITIONS = {  # what configs/mlflow.json adds to MONAI's `--tracking mlflow` (README: "MLflow tracking")
     ("trainer", "experiment_param"): {"learning_rate": "@learning_rate", "batch_size": "@batch_size",
                                       "val_interval": "@val_interval"},
-    ("trainer", "artifacts"): ["@save_execute_config", "$@ckpt_dir + '/model.pt'"],
+    ("trainer", "artifacts"): ["@save_execute_config", "@ckpt_path"],  # train.json's ckpt_path: <ckpt_dir>/model.pt
+    # MONAI's 109-character rank test as a component: the configs wire, pipelines.distributed computes
+    ("is_not_rank0",): {"_target_": "pipelines.distributed.is_not_main_process"},
     ("validator", "state_attributes"): ["best_metric", "best_metric_epoch"],
 }
 
@@ -296,10 +306,12 @@ def test_mlflow_settings_are_monais_defaults_plus_the_documented_additions(name)
 
     settings = json.loads((REPO / "bundles" / name / "configs" / "mlflow.json").read_text())
     expected = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
-    expected["configs"]["is_not_rank0"] = " ".join(expected["configs"]["is_not_rank0"].split())
-    for (handler, key), value in MLFLOW_ADDITIONS.items():
-        expected["configs"][handler][key] = value
-    settings["configs"]["is_not_rank0"] = " ".join(settings["configs"]["is_not_rank0"].split())
+    for path, value in MLFLOW_ADDITIONS.items():
+        *parents, key = path
+        node = expected["configs"]
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
     assert settings == json.loads(json.dumps(expected))
 
 

@@ -26,7 +26,7 @@ from pipelines.losses import (
     ragan_generator_loss,
 )
 
-BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 
 # ------------------------------------------------------------------------------------------------- NumPy references
@@ -100,7 +100,8 @@ def test_ragan_losses_hand_computed_on_patch_logits():
 def test_ragan_gradients_point_the_right_way():
     """Descending D's loss raises real logits and lowers fake ones; descending G's loss raises the fake logits.
     The D gradients are checked against the closed form, with u = real - mean(fake), v = fake - mean(real):
-    dL/dreal_j = 0.5/n * (-sigma(-u_j) - sum_i sigma(v_i) / n), dL/dfake_j = 0.5/n * (sum_i sigma(-u_i) / n + sigma(v_j))."""
+    dL/dreal_j = 0.5/n * (-sigma(-u_j) - sum_i sigma(v_i) / n),
+    dL/dfake_j = 0.5/n * (sum_i sigma(-u_i) / n + sigma(v_j))."""
     real = torch.from_numpy(REAL).requires_grad_(True)
     fake = torch.from_numpy(FAKE).requires_grad_(True)
     ragan_discriminator_loss(real, fake).backward()

@@ -13,7 +13,7 @@ import torch
 
 import bench.ct_volume as cv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ct_volume_extrapolates_an_unfinished_configuration_and_gpu_script_refuses_without_cuda(tmp_path):
