@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.data.utils import orientation_ras_lps
 
 from pipelines.metrics import per_class_means
 from pipelines.reports.training import TrainingSummary  # noqa: F401 - moved to pipelines.reports; old import path
@@ -72,7 +73,7 @@ def _affine(x: Any) -> np.ndarray | None:
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         return None
     if str((getattr(x, "meta", None) or {}).get("space", "RAS")).upper() == "LPS":
-        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+        affine = np.asarray(orientation_ras_lps(affine))  # MONAI's LPS <-> RAS flip, as pipelines.io.geometry uses
     return affine
 
 
