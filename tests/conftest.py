@@ -2,7 +2,8 @@
 metadata schemas the repository ships in ``pipelines/schemas/``.
 
 The trained bundles live here, not in ``tests/bundles/conftest.py``, so that tests outside ``tests/bundles/`` (the
-export of every bundle in ``tests/pipelines/test_export_verify.py``) share the one session copy instead of training again."""
+export of every bundle in ``tests/pipelines/test_export_verify.py``) share the one session copy instead of training
+again."""
 
 from __future__ import annotations
 
