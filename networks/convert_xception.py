@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .blocks.xception import Xception65
+from .blocks.xception import Xception65, state_dict_mismatch
 
 __all__ = [
     "timm_to_project",
@@ -276,17 +276,15 @@ def convert(src: str | Path, dst: str | Path, source: str = "timm") -> dict:
         config = infer_config(state)
         encoder = Xception65(config["in_channels"], config["widths"], config["middle_blocks"], keras_init=False)
         expected = encoder.state_dict()
-        for key, value in expected.items():
-            if key not in state:
-                raise ConversionError(f"missing key {key!r} for an Xception65 of {config}")
-            if tuple(state[key].shape) != tuple(value.shape):
+        problem = state_dict_mismatch(expected, state)
+        if problem is not None:
+            kind, key = problem
+            if kind == "shape":
                 raise ConversionError(
                     f"key {key!r} has shape {tuple(state[key].shape)}, an Xception65 of {config} expects "
-                    f"{tuple(value.shape)}"
+                    f"{tuple(expected[key].shape)}"
                 )
-        extra = [key for key in state if key not in expected]
-        if extra:
-            raise ConversionError(f"unexpected key {extra[0]!r} for an Xception65 of {config}")
+            raise ConversionError(f"{kind} key {key!r} for an Xception65 of {config}")
         encoder.load_state_dict(state, strict=True)
     except ConversionError as e:
         raise ValueError(f"convert_xception {str(src)!r}: {e}") from None

@@ -52,11 +52,11 @@ directory): pass ``args_file`` with ``{"bundle_root": "<the bundle folder>"}``, 
 
 from __future__ import annotations
 
+from pipelines.io.digest import file_sha256
 from pipelines.bundle import apply_overrides, build_network, parse_override, workflow_configs
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
@@ -103,13 +103,7 @@ class ExportError(RuntimeError):
     """The bundle cannot be exported (missing weights, weights that do not fit ``network_def``...)."""
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_digest = file_sha256  # the manifest's SHA-256 of a file (pipelines.io.digest)
 
 
 def manifest_files(root: str | os.PathLike) -> dict[str, dict]:

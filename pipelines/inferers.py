@@ -54,12 +54,14 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import SlidingWindowInfererAdapt
 
+from pipelines.io.digest import file_sha256
+
 __all__ = [
     "WindowPlan", "plan_sliding_window", "stitch_bytes", "output_geometry", "AutoSlidingWindowInferer",
     "CPU_SW_BATCH_SIZE",
     "SuperResolutionInferer", "WindowPassthroughInferer", "sr_inferer", "WindowPassthrough", "ChannelsLast",
     "MirrorTTA",
-    "ONNX_OPSET", "OnnxRuntimeNetwork", "export_onnx", "file_sha256", "onnx_cache_path", "onnxruntime_network",
+    "ONNX_OPSET", "OnnxRuntimeNetwork", "export_onnx", "onnx_cache_path", "onnxruntime_network",
 ]
 
 logger = logging.getLogger(__name__)
@@ -422,15 +424,6 @@ ONNX_INPUT, ONNX_OUTPUT = "image", "pred"
 #: where eager fp32 itself is 3.5e-5 from a float64 reference. A trace that fixed a shape is off by the output's order.
 ONNX_TOLERANCE = 1e-3
 _CACHE_TAG = "onnxrt"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def onnx_cache_path(weights: str | os.PathLike, in_channels: int, network: torch.nn.Module,

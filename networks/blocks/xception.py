@@ -248,15 +248,28 @@ def load_xception_state_dict(encoder: nn.Module, path: str | Path, setting: str 
         "python -m networks.convert_xception"
     )
     expected = encoder.state_dict()
+    problem = state_dict_mismatch(expected, state)
+    if problem is not None:
+        kind, key = problem
+        if kind == "shape":
+            raise ValueError(
+                f"{where}: key {key!r} has shape {tuple(state[key].shape)}, the encoder expects "
+                f"{tuple(expected[key].shape)} (other in_channels, widths or middle_blocks?)."
+            )
+        raise ValueError(f"{where}: {kind} key {key!r} ({hint}).")
+    encoder.load_state_dict(state, strict=True)
+
+
+def state_dict_mismatch(expected: dict, state: dict) -> tuple[str, str] | None:
+    """The first way ``state`` does not fit ``expected`` (a module's ``state_dict()``): ``("missing", key)`` or
+    ``("shape", key)`` in ``expected``'s order, then ``("unexpected", key)``; ``None`` when it fits. The loader
+    above and :mod:`networks.convert_xception` word their own messages from it."""
     for key, value in expected.items():
         if key not in state:
-            raise ValueError(f"{where}: missing key {key!r} ({hint}).")
+            return "missing", key
         if tuple(state[key].shape) != tuple(value.shape):
-            raise ValueError(
-                f"{where}: key {key!r} has shape {tuple(state[key].shape)}, the encoder expects {tuple(value.shape)} "
-                "(other in_channels, widths or middle_blocks?)."
-            )
+            return "shape", key
     for key in state:
         if key not in expected:
-            raise ValueError(f"{where}: unexpected key {key!r} ({hint}).")
-    encoder.load_state_dict(state, strict=True)
+            return "unexpected", key
+    return None
